@@ -1,0 +1,68 @@
+"""Truncated importance sampling: correcting for a sampler (vLLM) whose numbers differ from the trainer's.
+
+The completions are sampled by an inference engine μ (vLLM: other kernels, other precision, maybe one step
+stale weights), but the GRPO ratio ρ = π_θ / π_old assumes they were sampled by π_old, the trainer's own
+numerics of the same weights. The mismatch is corrected by reweighting every token's loss with
+
+    w_{i,t} = π_old(o_{i,t}) / μ(o_{i,t}) = exp(old_logp − sampler_logp)          (token level)
+    w_i     = Π_t π_old / μ = exp(Σ_t (old_logp − sampler_logp))                   (sequence level)
+
+and, since a few tokens with a tiny μ would make w explode, capping it at C ("truncated importance sampling",
+Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"):
+
+    truncate:  w ← min(w, C)           (bias traded for bounded variance)
+    mask:      w ← w · 1[w ≤ C]        (tokens beyond the cap drop out of the loss)
+
+The weights are constants (no gradient): the loss becomes Σ w_{i,t} · l_{i,t}, see ``grpo_loss(token_weights=)``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Level = Literal["token", "sequence"]
+Mode = Literal["truncate", "mask"]
+
+
+def importance_weights(
+    old_logps: Tensor,  # [B, C] trainer's log-probs of the sampled tokens under the sampling weights
+    sampler_logps: Tensor,  # [B, C] the engine's log-probs of the same tokens
+    mask: Tensor,  # [B, C] 1 on completion tokens
+    *,
+    level: Level = "token",
+    cap: float = 3.0,
+    mode: Mode = "truncate",
+) -> tuple[Tensor, dict[str, float]]:
+    """Return the per-token weights w [B, C] (0 on padding) and mismatch statistics for logging."""
+    if cap <= 0:
+        raise ValueError(f"[grpo] importance cap={cap}: must be > 0 (3 is the usual choice)")
+    if level not in ("token", "sequence") or mode not in ("truncate", "mask"):
+        raise ValueError(f"[grpo] importance level={level!r}, mode={mode!r}: use token|sequence and truncate|mask")
+    if old_logps.shape != sampler_logps.shape or old_logps.shape != mask.shape:
+        raise ValueError(
+            f"[grpo] importance_weights: shapes differ: old {tuple(old_logps.shape)}, "
+            f"sampler {tuple(sampler_logps.shape)}, mask {tuple(mask.shape)}"
+        )
+    m = mask.to(torch.float32)
+    delta = (old_logps.detach().float() - sampler_logps.float()) * m  # log w per token, 0 on padding
+    log_w = delta if level == "token" else delta.sum(dim=1, keepdim=True).expand_as(delta)
+    ratio = log_w.exp()
+    capped = ratio > cap
+    weights = ratio.clamp(max=cap) if mode == "truncate" else ratio * (~capped)
+    weights = weights * m
+
+    on = m.bool()
+    abs_delta = delta.abs()[on]
+    r = ratio[on]
+    stats = {
+        "is/abs_logp_diff_mean": float(abs_delta.mean()) if r.numel() else 0.0,
+        "is/abs_logp_diff_max": float(abs_delta.max()) if r.numel() else 0.0,
+        "is/ratio_min": float(r.min()) if r.numel() else 1.0,
+        "is/ratio_mean": float(r.mean()) if r.numel() else 1.0,
+        "is/ratio_max": float(r.max()) if r.numel() else 1.0,
+        "is/capped_frac": float(capped[on].float().mean()) if r.numel() else 0.0,
+    }
+    return weights, stats

@@ -1,0 +1,205 @@
+"""vLLM as a sampling engine: the pieces shared by the colocated backend and the generation server.
+
+``VLLMEngine`` wraps ``vllm.LLM`` behind the small ``Engine`` interface (generate token ids with their
+log-probs, load new weights); ``samples_to_rollouts`` turns what any engine returns into ``Rollouts``.
+vLLM is imported lazily: this module imports on machines without it, and the CPU tests use a fake engine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from grpo.config import GenerationConfig
+from grpo.generation import left_pad
+from grpo.rollouts import Rollouts
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters, identical for every backend (the ``[generation]`` section)."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0
+    stop_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: GenerationConfig, stop_ids: Sequence[int], seed: int | None = None) -> Sampling:
+        return cls(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            repetition_penalty=cfg.repetition_penalty,
+            stop_ids=tuple(stop_ids),
+            seed=seed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled completion: its tokens (stop token included when it stopped) and the engine's log-probs."""
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finished: bool
+
+
+class Engine(Protocol):
+    def info(self) -> dict[str, Any]:
+        """At least ``model`` and ``vocab_size``: checked against the trainer's model."""
+        ...
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[list[Sample]]:
+        """``n`` samples for every prompt, in prompt order."""
+        ...
+
+    def load_weights(self, weights: Iterable[tuple[str, Tensor]]) -> None:
+        """Replace the engine's weights (HF parameter names) and drop every cached prefix."""
+        ...
+
+
+def samples_to_rollouts(
+    prompt_ids: Sequence[Sequence[int]], samples: Sequence[Sequence[Sample]], group_size: int, pad_id: int
+) -> Rollouts:
+    """Engine samples (one list of ``group_size`` per prompt) → ``Rollouts`` with ``sampler_logps``."""
+    if len(samples) != len(prompt_ids) or any(len(s) != group_size for s in samples):
+        got = [len(s) for s in samples]
+        raise ValueError(f"[grpo] engine returned {got} samples for {len(prompt_ids)} prompts × {group_size}")
+    flat = [s for group in samples for s in group]
+    for s in flat:
+        if len(s.token_ids) != len(s.logprobs):
+            raise ValueError(f"[grpo] engine sample has {len(s.token_ids)} tokens but {len(s.logprobs)} log-probs")
+    prompt, pmask = left_pad([list(p) for p in prompt_ids for _ in range(group_size)], pad_id)
+    width = max(1, max(len(s.token_ids) for s in flat))
+    comp = torch.full((len(flat), width), pad_id, dtype=torch.long)
+    cmask = torch.zeros((len(flat), width), dtype=torch.long)
+    logps = torch.zeros((len(flat), width), dtype=torch.float32)
+    for i, s in enumerate(flat):
+        n = len(s.token_ids)
+        comp[i, :n] = torch.tensor(s.token_ids, dtype=torch.long)
+        cmask[i, :n] = 1
+        logps[i, :n] = torch.tensor(s.logprobs, dtype=torch.float32)
+    return Rollouts(
+        prompt_ids=prompt,
+        prompt_mask=pmask,
+        completion_ids=comp,
+        completion_mask=cmask,
+        group_size=group_size,
+        finished=torch.tensor([s.finished for s in flat], dtype=torch.bool),
+        sampler_logps=logps,
+    )
+
+
+@dataclass(frozen=True)
+class VLLMSettings:
+    """How the vLLM engine is started (the ``[generation]`` section's vLLM keys)."""
+
+    model: str
+    gpu_memory_utilization: float = 0.3
+    dtype: str = "bfloat16"
+    max_model_len: int | None = None
+    enable_sleep_mode: bool = False
+    seed: int = 0
+    in_process: bool = True  # colocated: keep the engine in this process so weights pass by reference
+
+
+class VLLMEngine:
+    """``Engine`` over ``vllm.LLM``. Log-probs are the processed ones (after temperature and penalties), i.e.
+    those of the distribution that actually sampled, which is what importance sampling needs."""
+
+    def __init__(self, settings: VLLMSettings) -> None:
+        if settings.in_process:
+            # Colocated use pushes weights with `apply_model`, which must run in *this* process to pass
+            # tensors by reference; vLLM's V1 engine otherwise runs the model in a child process.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        try:
+            import vllm
+        except ImportError as e:
+            raise ImportError(
+                "[grpo] generation.backend uses vLLM, which is not installed: pip install 'llasa-grpo[vllm]' "
+                "in a CUDA environment, or set generation.backend = \"hf\""
+            ) from e
+        self._vllm = vllm
+        self.settings = settings
+        self.llm = vllm.LLM(
+            model=settings.model,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            enable_sleep_mode=settings.enable_sleep_mode,
+            seed=settings.seed,
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=True,
+        )
+        self.asleep = False
+
+    def info(self) -> dict[str, Any]:
+        hf = self.llm.llm_engine.model_config.hf_config
+        return {"model": self.settings.model, "vocab_size": int(hf.vocab_size)}
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[list[Sample]]:
+        self.wake_up()
+        params = self._vllm.SamplingParams(
+            n=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            repetition_penalty=sampling.repetition_penalty,
+            max_tokens=sampling.max_new_tokens,
+            stop_token_ids=list(sampling.stop_ids),
+            logprobs=0,  # the sampled token's own log-prob
+            seed=sampling.seed,
+            detokenize=False,
+        )
+        prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        result = [[_to_sample(c, sampling.stop_ids) for c in out.outputs] for out in outputs]
+        if self.settings.enable_sleep_mode:
+            self.llm.sleep(level=1)  # weights to CPU, KV cache freed: the trainer gets the GPU memory back
+            self.asleep = True
+        return result
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def load_weights(self, weights: Iterable[tuple[str, Tensor]]) -> None:
+        self.wake_up()
+        items = list(weights)
+        self.llm.apply_model(lambda model: model.load_weights(items))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+
+
+def _to_sample(completion: Any, stop_ids: Sequence[int]) -> Sample:
+    """A vLLM ``CompletionOutput`` → ``Sample``; its ``logprobs`` is one {token_id: Logprob} dict per token."""
+    ids = list(completion.token_ids)
+    logps = [float(step[tok].logprob) for tok, step in zip(ids, completion.logprobs or [], strict=False)]
+    if len(logps) != len(ids) or any(math.isnan(x) for x in logps):
+        raise RuntimeError("[grpo] vLLM returned no log-prob for some sampled tokens (is logprobs=0 honoured?)")
+    finished = completion.finish_reason == "stop"
+    if finished and (not ids or ids[-1] not in stop_ids):
+        raise RuntimeError(f"[grpo] vLLM stopped without a stop token ({completion.stop_reason!r}); check stop_ids")
+    return Sample(token_ids=tuple(ids), logprobs=tuple(logps), finished=finished)
+
+
+def named_weights(model: torch.nn.Module) -> Iterable[tuple[str, Tensor]]:
+    """The policy's weights under Hugging Face names, unwrapping DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    for name, tensor in model.state_dict().items():
+        yield name, tensor.detach()

@@ -1,0 +1,135 @@
+"""The vLLM backends of the ``Generator`` interface.
+
+- ``vllm_colocate``: a vLLM engine in the training process, on the training GPU. After each optimizer step the
+  policy's tensors are handed to it by reference (``Engine.load_weights``) and its prefix cache is reset.
+- ``vllm_server``: a vLLM engine in another process, usually on another GPU (``python -m grpo.serve``). Weights
+  travel as one safetensors file in shared memory (``/dev/shm``) that the server loads; the server is checked
+  at start-up to serve a model of the trainer's vocabulary, and every failure names the URL.
+
+Both return the engine's log-probs in ``Rollouts.sampler_logps``; the trainer corrects the engine/trainer
+mismatch with truncated importance sampling (``grpo.importance``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from safetensors.torch import save_file
+from torch import nn
+
+from grpo.rollouts import Rollouts
+from grpo.vllm_engine import Engine, Sample, Sampling, named_weights, samples_to_rollouts
+
+
+class EngineGenerator:
+    """``Generator`` over any in-process ``Engine`` (``VLLMEngine`` when colocated; a fake one in tests)."""
+
+    def __init__(self, engine: Engine, sampling: Sampling, *, pad_id: int) -> None:
+        self.engine, self.sampling, self.pad_id = engine, sampling, pad_id
+        self.weights_version = 0
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], group_size: int) -> Rollouts:
+        samples = self.engine.generate(prompt_ids, group_size, self.sampling)
+        return samples_to_rollouts(prompt_ids, samples, group_size, self.pad_id)
+
+    def sync_weights(self, model: nn.Module) -> None:
+        self.engine.load_weights(named_weights(model))
+        self.weights_version += 1
+
+
+class ServerError(RuntimeError):
+    """The generation server failed or is unreachable; the message names the URL and what to do."""
+
+
+class ServerGenerator:
+    """``Generator`` talking to ``python -m grpo.serve`` over HTTP (127.0.0.1 unless configured otherwise)."""
+
+    def __init__(
+        self,
+        url: str,
+        sampling: Sampling,
+        *,
+        pad_id: int,
+        vocab_size: int | None = None,
+        timeout_s: float = 600.0,
+        retries: int = 2,
+        shm_dir: str | None = None,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.sampling, self.pad_id, self.retries = sampling, pad_id, retries
+        self.client = client or httpx.Client(base_url=self.url, timeout=timeout_s)
+        self.shm_dir = Path(shm_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()))
+        self.weights_version = 0
+        info = self._call("GET", "/info")
+        self.server_model = info.get("model")
+        if vocab_size is not None and info.get("vocab_size") != vocab_size:
+            raise ServerError(
+                f"[grpo] generation server {self.url} serves {info.get('model')!r} with vocab_size="
+                f"{info.get('vocab_size')}, but the trainer's model has vocab_size={vocab_size}: start the server "
+                "with the trainer's model.path"
+            )
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], group_size: int) -> Rollouts:
+        body = {"prompt_ids": [list(p) for p in prompt_ids], "n": group_size, "sampling": self.sampling.to_dict()}
+        reply = self._call("POST", "/generate", json=body)
+        if reply.get("weights_version") != self.weights_version:
+            raise ServerError(
+                f"[grpo] generation server {self.url} holds weights version {reply.get('weights_version')}, "
+                f"the trainer expects {self.weights_version}: was it restarted? Restart training with --resume."
+            )
+        samples = [
+            [Sample(tuple(s["token_ids"]), tuple(s["logprobs"]), bool(s["finished"])) for s in group]
+            for group in reply["samples"]
+        ]
+        return samples_to_rollouts(prompt_ids, samples, group_size, self.pad_id)
+
+    def sync_weights(self, model: nn.Module) -> None:
+        """Write the weights to shared memory (temporary name, then rename), let the server load them, delete."""
+        path = self.shm_dir / f"llasa-grpo-weights-{uuid.uuid4().hex}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        tensors = {name: t.contiguous().cpu() for name, t in named_weights(model)}
+        try:
+            save_file(_untie(tensors), str(tmp))
+            os.replace(tmp, path)
+            self._call("POST", "/update_weights", json={"path": str(path), "version": self.weights_version + 1})
+            self.weights_version += 1
+        finally:
+            tmp.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+
+    def _call(self, method: str, route: str, **kwargs: Any) -> dict[str, Any]:
+        """One request with bounded retries on connection errors; HTTP errors are not retried."""
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.client.request(method, route, **kwargs)
+            except httpx.TransportError as e:
+                if attempt == self.retries:
+                    raise ServerError(
+                        f"[grpo] generation server {self.url} unreachable after {self.retries + 1} tries ({e!r}): "
+                        "start it with `python -m grpo.serve --model <model.path>` or fix generation.server_url"
+                    ) from e
+                time.sleep(min(2.0**attempt, 10.0))
+                continue
+            if response.status_code != 200:
+                raise ServerError(f"[grpo] generation server {self.url}{route}: {response.status_code} {response.text}")
+            return response.json()
+        raise AssertionError("unreachable")
+
+
+def _untie(tensors: dict[str, Any]) -> dict[str, Any]:
+    """safetensors refuses tensors that share memory (tied embeddings): store a copy of the duplicates."""
+    seen: dict[int, str] = {}
+    out = {}
+    for name, t in tensors.items():
+        ptr = t.data_ptr()
+        out[name] = t.clone() if ptr in seen else t
+        seen.setdefault(ptr, name)
+    return out

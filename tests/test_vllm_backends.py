@@ -1,0 +1,196 @@
+"""CPU tests of the vLLM backends: importance-sampling math, rollouts from engine samples, weight-sync
+bookkeeping through a fake engine, and the generation server's schema and error paths. vLLM itself is
+not needed (the GPU paths are exercised in bench/generate.py where CUDA and vLLM exist)."""
+
+from __future__ import annotations
+
+import math
+import socket
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from grpo.importance import importance_weights
+from grpo.serve import create_app
+from grpo.vllm_engine import Sample, Sampling, samples_to_rollouts
+from grpo.vllm_generation import EngineGenerator, ServerError, ServerGenerator
+
+STOP = 3
+PAD = 0
+
+
+class FakeEngine:
+    """Samples fixed continuations and records every weight update it receives."""
+
+    def __init__(self, vocab_size: int = 32) -> None:
+        self.vocab_size = vocab_size
+        self.loaded: list[dict[str, torch.Tensor]] = []
+        self.calls: list[tuple[int, Sampling]] = []
+
+    def info(self) -> dict[str, Any]:
+        return {"model": "fake", "vocab_size": self.vocab_size}
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[list[Sample]]:
+        self.calls.append((n, sampling))
+        out = []
+        for p in prompt_ids:
+            group = []
+            for i in range(n):
+                finished = i % 2 == 0
+                ids = [p[-1] + 4, p[-1] + 5 + i] + ([STOP] if finished else [7])
+                group.append(Sample(tuple(ids), tuple(-0.1 * (k + 1) for k in range(len(ids))), finished))
+            out.append(group)
+        return out
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.loaded.append({k: v.clone() for k, v in weights})
+
+
+def _tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+# ---- importance sampling ------------------------------------------------------------------------------------
+
+
+def test_token_level_truncation_by_hand():
+    old = torch.tensor([[-1.0, -2.0, -0.5]])
+    sampler = torch.tensor([[-1.5, -0.5, -0.5]])
+    mask = torch.tensor([[1, 1, 0]])
+    w, stats = importance_weights(old, sampler, mask, level="token", cap=1.5, mode="truncate")
+    # exp(0.5)=1.6487 → capped at 1.5; exp(-1.5)=0.2231 kept; padding → 0
+    assert torch.allclose(w, torch.tensor([[1.5, math.exp(-1.5), 0.0]]))
+    assert stats["is/ratio_max"] == pytest.approx(math.exp(0.5))
+    assert stats["is/abs_logp_diff_max"] == pytest.approx(1.5)
+    assert stats["is/capped_frac"] == pytest.approx(0.5)
+
+
+def test_mask_mode_drops_tokens_beyond_the_cap():
+    old = torch.tensor([[0.0, 0.0]])
+    sampler = torch.tensor([[-2.0, -0.1]])
+    w, _ = importance_weights(old, sampler, torch.ones(1, 2), cap=3.0, mode="mask")
+    assert w[0, 0] == 0  # exp(2) = 7.4 > 3
+    assert w[0, 1] == pytest.approx(math.exp(0.1))
+
+
+def test_sequence_level_uses_the_product_over_tokens():
+    old = torch.tensor([[-1.0, -1.0, 0.0], [0.0, 0.0, 0.0]])
+    sampler = torch.tensor([[-1.2, -1.1, 5.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    w, _ = importance_weights(old, sampler, mask, level="sequence", cap=10.0)
+    assert torch.allclose(w[0], torch.tensor([math.exp(0.3), math.exp(0.3), 0.0]))  # padding's 5.0 ignored
+    assert torch.allclose(w[1], torch.ones(3))
+
+
+def test_identical_engines_give_unit_weights():
+    logps = -torch.rand(4, 6)
+    w, stats = importance_weights(logps, logps.clone(), torch.ones(4, 6))
+    assert torch.equal(w, torch.ones(4, 6))
+    assert stats["is/abs_logp_diff_mean"] == 0.0
+
+
+def test_importance_rejects_bad_arguments():
+    x = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="cap"):
+        importance_weights(x, x, torch.ones(1, 2), cap=0)
+    with pytest.raises(ValueError, match="shapes"):
+        importance_weights(x, torch.zeros(1, 3), torch.ones(1, 2))
+
+
+# ---- engine samples → rollouts, colocated bookkeeping -------------------------------------------------------
+
+
+def test_samples_to_rollouts_pads_and_keeps_logprobs():
+    prompts = [[5, 6], [9]]
+    samples = FakeEngine().generate(prompts, 2, Sampling(max_new_tokens=3))
+    r = samples_to_rollouts(prompts, samples, 2, PAD)
+    assert r.prompt_ids.tolist() == [[5, 6], [5, 6], [0, 9], [0, 9]]
+    assert r.completion_lists()[0] == [10, 11, STOP]
+    assert r.finished.tolist() == [True, False, True, False]
+    assert r.sampler_logps is not None
+    assert torch.allclose(r.sampler_logps[0], torch.tensor([-0.1, -0.2, -0.3]))
+    with pytest.raises(ValueError, match="samples for 2 prompts"):
+        samples_to_rollouts(prompts, samples[:1], 2, PAD)
+
+
+def test_colocated_sync_hands_over_every_weight():
+    engine, model = FakeEngine(), _tiny_llama()
+    gen = EngineGenerator(engine, Sampling(max_new_tokens=3, stop_ids=(STOP,)), pad_id=PAD)
+    with torch.no_grad():
+        model.model.norm.weight.add_(1.0)
+    gen.sync_weights(model)
+    received = engine.loaded[-1]
+    assert set(received) == set(model.state_dict())
+    assert torch.equal(received["model.norm.weight"], model.model.norm.weight)
+    assert gen.weights_version == 1
+    assert len(gen.generate([[4]], 2)) == 2
+
+
+# ---- generation server ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served():
+    engine = FakeEngine()
+    return engine, TestClient(create_app(engine))
+
+
+def test_server_generates_and_syncs_weights(served, tmp_path):
+    engine, client = served
+    sampling = Sampling(max_new_tokens=3, temperature=0.9, stop_ids=(STOP,))
+    gen = ServerGenerator("http://test", sampling, pad_id=PAD, vocab_size=32, client=client, shm_dir=str(tmp_path))
+    r = gen.generate([[5, 6]], 2)
+    assert r.completion_lists()[1] == [10, 12, 7]
+    assert engine.calls[0] == (2, sampling)  # sampling parameters arrive unchanged
+    model = _tiny_llama()
+    gen.sync_weights(model)
+    assert set(engine.loaded[-1]) == set(model.state_dict())
+    assert torch.equal(engine.loaded[-1]["lm_head.weight"], model.lm_head.weight)
+    assert list(tmp_path.iterdir()) == []  # the shared-memory file is removed after the load
+    assert client.get("/info").json()["weights_version"] == 1
+    gen.generate([[5, 6]], 2)  # versions agree
+
+
+def test_server_rejects_a_different_model(served):
+    _, client = served
+    with pytest.raises(ServerError, match="vocab_size=64"):
+        ServerGenerator("http://test", Sampling(max_new_tokens=2), pad_id=PAD, vocab_size=64, client=client)
+
+
+def test_server_restart_is_detected(served):
+    engine, client = served
+    gen = ServerGenerator("http://test", Sampling(max_new_tokens=2), pad_id=PAD, client=client)
+    gen.weights_version = 3  # the trainer synced 3 times, the server (restarted) holds version 0
+    with pytest.raises(ServerError, match="restarted"):
+        gen.generate([[1]], 2)
+
+
+def test_server_validates_requests(served):
+    _, client = served
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.post("/generate", json={"prompt_ids": [[]], "n": 2, "sampling": {}}).status_code == 422
+    bad = {"prompt_ids": [[1]], "n": 2, "sampling": {"max_new_tokens": 2, "beam_width": 3}}
+    assert client.post("/generate", json=bad).status_code == 422
+    assert client.post("/update_weights", json={"path": "/nope.safetensors", "version": 1}).status_code == 400
+
+
+def test_unreachable_server_is_a_clear_error():
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ServerError, match=r"unreachable after 1 tries.*grpo.serve"):
+        ServerGenerator(f"http://127.0.0.1:{port}", Sampling(max_new_tokens=2), pad_id=PAD, retries=0)
