@@ -131,7 +131,7 @@ class VLLMEngine:
         except ImportError as e:
             raise ImportError(
                 "[grpo] generation.backend uses vLLM, which is not installed: pip install 'llasa-grpo[vllm]' "
-                "in a CUDA environment, or set generation.backend = \"hf\""
+                'in a CUDA environment, or set generation.backend = "hf"'
             ) from e
         self._vllm = vllm
         self.settings = settings

@@ -172,7 +172,7 @@ def test_server_rejects_a_different_model(served):
 
 
 def test_server_restart_is_detected(served):
-    engine, client = served
+    _, client = served
     gen = ServerGenerator("http://test", Sampling(max_new_tokens=2), pad_id=PAD, client=client)
     gen.weights_version = 3  # the trainer synced 3 times, the server (restarted) holds version 0
     with pytest.raises(ServerError, match="restarted"):
