@@ -1,0 +1,48 @@
+"""The offline tiny Llasa and X-Codec2 load through the same code as the real models, deterministically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tts.codec import SAMPLES_PER_CODE, XCodec2Decoder
+from tts.llasa import SpeechVocab
+from tts.tiny import TINY_CODEC, build_tiny_codec, build_tokenizer, tiny_assets
+
+
+def test_tiny_assets_load_with_the_real_loaders(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir, codec_dir = tiny_assets(tmp_path)
+    stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert tiny_assets(tmp_path) == (model_dir, codec_dir)  # built once
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
+    assert model.config.vocab_size == len(tokenizer) == 512 + 8 + 65536
+    vocab = SpeechVocab.from_tokenizer(tokenizer)
+    assert vocab.first_id == 512 + 8  # base BPE, the 8 control tokens, then the speech tokens
+    assert tokenizer.tokenize("<|s_12|>Hallo") == ["<|s_12|>", "H", "all", "o"]
+
+    codec = XCodec2Decoder.from_pretrained(codec_dir)
+    assert codec.config == TINY_CODEC
+    wav = codec.decode(torch.tensor([[1, 2, 3]]))
+    assert wav.shape == (1, 3 * SAMPLES_PER_CODE) and torch.isfinite(wav).all() and wav.std() > 0
+
+
+def test_builds_are_deterministic(tmp_path: Path) -> None:
+    a = build_tiny_codec(tmp_path / "a", seed=0)
+    b = build_tiny_codec(tmp_path / "b", seed=0)
+    c = build_tiny_codec(tmp_path / "c", seed=1)
+    blob = (a / "model.safetensors").read_bytes()
+    assert blob == (b / "model.safetensors").read_bytes()
+    assert blob != (c / "model.safetensors").read_bytes()
+    assert build_tokenizer().backend_tokenizer.to_str() == build_tokenizer().backend_tokenizer.to_str()
+    d1 = XCodec2Decoder.from_pretrained(a).decode_batch([np.arange(4)])[0]
+    d2 = XCodec2Decoder.from_pretrained(c).decode_batch([np.arange(4)])[0]
+    assert not np.allclose(d1, d2)

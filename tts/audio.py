@@ -1,0 +1,48 @@
+"""The one audio reader and writer: soundfile for I/O, soxr to resample, float32 mono in memory."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tts.codec import SAMPLE_RATE
+
+
+def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Read ``path`` as float32 mono at ``sample_rate`` (channels averaged, resampled with soxr "HQ")."""
+    import soundfile as sf
+    import soxr
+
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/OSError depending on the cause
+        raise ValueError(f"[tts] cannot read audio file {path}: {e}") from e
+    wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if sr != sample_rate and wav.size:
+        wav = soxr.resample(wav, sr, sample_rate, quality="HQ")
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def save_audio(path: str | os.PathLike[str], wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    """Write a mono waveform as 16-bit PCM WAV (or the format the suffix names), atomically."""
+    import soundfile as sf
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    a = np.asarray(wav, dtype=np.float32)
+    if a.ndim != 1:
+        raise ValueError(f"[tts] save_audio {out}: expected a mono waveform [n], got shape {a.shape}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=out.suffix or ".wav", dir=out.parent)
+    os.close(fd)
+    try:
+        sf.write(
+            tmp, np.clip(a, -1.0, 1.0), sample_rate, subtype="PCM_16" if out.suffix.lower() in ("", ".wav") else None
+        )
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

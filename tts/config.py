@@ -1,0 +1,85 @@
+"""Configuration of the TTS side (TOML sections ``[model]``, ``[codec]``, ``[data]``, ``[reference]``).
+
+Plain frozen dataclasses with defaults; the project's one TOML loader fills them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tts.llasa import PromptFormat, TextNormalizer
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str, *, key: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"[tts] {key}={name!r}: expected one of {sorted(_DTYPES)}") from None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "HKUSTAudio/Llasa-1B"  # folder or Hugging Face id of the Llasa-style causal LM
+    dtype: str = "bfloat16"
+    user_template: str = PromptFormat.user_template
+    assistant_prefix: str = PromptFormat.assistant_prefix
+    stop_token: str = PromptFormat.stop_token
+    plain_template: str | None = None  # for tokenizers without a chat template, e.g. "{bos}{user}"
+
+    def __post_init__(self) -> None:
+        torch_dtype(self.dtype, key="model.dtype")
+        self.prompt_format()  # validates the templates
+
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat(self.user_template, self.assistant_prefix, self.stop_token, self.plain_template)
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    path: str = "HKUSTAudio/xcodec2"  # folder with model.safetensors / pytorch_model.bin, or a Hugging Face id
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 16
+    exact_batches: bool = True  # decode only equal lengths together: waveforms independent of the batch
+
+    def __post_init__(self) -> None:
+        torch_dtype(self.dtype, key="codec.dtype")
+        if self.batch_size < 1:
+            raise ValueError(f"[tts] codec.batch_size={self.batch_size}: must be at least 1")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""  # .jsonl or .csv
+    max_bad_fraction: float = 0.0
+    check_audio: bool = True
+    normalize_text: bool = True
+    # Characters prompts may contain: "" = derive from the training texts, "*" = any (mapping only), else the set.
+    allowed_chars: str = ""
+    min_char_count: int = 1  # with derived charsets: characters seen fewer times are dropped
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"[tts] data.max_bad_fraction={self.max_bad_fraction}: must be within [0, 1]")
+
+    def normalizer(self, training_texts: list[str]) -> TextNormalizer | None:
+        if not self.normalize_text:
+            return None
+        if self.allowed_chars == "*":
+            return TextNormalizer()
+        if self.allowed_chars:
+            return TextNormalizer(frozenset(self.allowed_chars) | {" "})
+        return TextNormalizer.from_texts(training_texts, min_count=self.min_char_count)
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """Voice-cloning reference encoding (needs the full X-Codec2 model: ``pip install xcodec2 --no-deps``)."""
+
+    codec: str = "HKUSTAudio/xcodec2"
+    cache_dir: str = ""  # "" = $LLASA_GRPO_CACHE/reference-codes
+    device: str = "cpu"
