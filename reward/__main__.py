@@ -1,0 +1,88 @@
+"""``python -m reward score``: what the training reward says about recordings, one JSON object per clip.
+
+python -m reward score --config tiny.toml --language de --text "Der Zug fährt um acht Uhr ab." a.wav b.wav
+python -m reward score --manifest clips.jsonl     # lines: {"text", "audio", "language"?, "codes"?, "finished"?}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from reward.config import RewardConfig, TranscriberConfig
+
+
+def _table(cls: type, table: dict[str, Any], source: str) -> Any:
+    """Minimal TOML-table → dataclass (to be replaced by the shared loader): unknown keys are errors."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise SystemExit(f"[reward] {source}: unknown keys {unknown}; known: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in table.items()})
+
+
+def load_configs(path: Path | None) -> tuple[RewardConfig, TranscriberConfig]:
+    if path is None:
+        return RewardConfig(), TranscriberConfig()
+    import tomllib  # Python ≥ 3.11; the shared config loader replaces this helper
+
+    data = tomllib.loads(path.read_text())
+    return (
+        _table(RewardConfig, data.get("reward", {}), f"{path} [reward]"),
+        _table(TranscriberConfig, data.get("transcriber", {}), f"{path} [transcriber]"),
+    )
+
+
+def read_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.manifest:
+        rows = []
+        for n, line in enumerate(Path(args.manifest).read_text().splitlines(), 1):
+            if line.strip():
+                row = json.loads(line)
+                if "audio" not in row or "text" not in row:
+                    raise SystemExit(f"[reward] {args.manifest}:{n}: each line needs 'text' and 'audio'")
+                row.setdefault("language", args.language)
+                base = Path(args.manifest).parent
+                row["audio"] = str(base / row["audio"]) if not Path(row["audio"]).is_absolute() else row["audio"]
+                rows.append(row)
+        return rows
+    if not args.text or not args.clips:
+        raise SystemExit("[reward] give --text and one or more clips, or --manifest FILE.jsonl")
+    return [{"text": args.text, "language": args.language, "audio": clip} for clip in args.clips]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reward", description="Score recordings with the training reward.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("score", help="print one JSON object per clip")
+    s.add_argument("clips", nargs="*", help="16 kHz (or any rate: resampled) audio files")
+    s.add_argument("--config", type=Path, help="TOML with [reward] and [transcriber] tables")
+    s.add_argument("--text", help="what every clip should say")
+    s.add_argument("--language", help="language code, e.g. de or en (never auto-detected)")
+    s.add_argument("--manifest", help="JSONL with text, audio and optional language, codes, finished")
+    s.add_argument("--rate-band", type=float, nargs=2, metavar=("LOW", "HIGH"), help="letters/s band")
+    args = p.parse_args(argv)
+
+    reward_cfg, transcriber_cfg = load_configs(args.config)
+    rows = read_rows(args)
+    missing = [r["audio"] for r in rows if not r.get("language")]
+    if missing:
+        raise SystemExit(f"[reward] no language for {missing[0]}: pass --language or a 'language' per line")
+
+    from reward.scorer import score_audio
+    from reward.transcribe import make_transcriber
+    from tts.audio import load_audio
+
+    audios = [load_audio(r["audio"], sample_rate=16000) for r in rows]
+    results = score_audio(rows, audios, make_transcriber(transcriber_cfg), reward_cfg, args.rate_band)
+    for row, result in zip(rows, results, strict=True):
+        print(json.dumps({"audio": row["audio"], **result}, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

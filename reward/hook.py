@@ -1,0 +1,134 @@
+"""The post-generation hook: decode every completion once, transcribe all of them once, build SpeechRollouts.
+
+Training (token ids → codes → audio) and audio scoring (files → audio) meet in ``build_speech_rollouts``, so the
+CLI and evaluate.py run exactly the transcription and terms that training runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from reward.rollout import SpeechRollout
+from reward.transcribe import Transcriber
+
+if TYPE_CHECKING:
+    from grpo.rollouts import Rollouts
+
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class CodedCompletion:
+    """What the hook knows of a completion before audio exists."""
+
+    completion_ids: tuple[int, ...] | None
+    codes: np.ndarray | None  # [T] int64
+    finished: bool | None
+    stray_tokens: int = 0
+
+
+@dataclass
+class HookTimings:
+    decode_s: float = 0.0
+    transcribe_s: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _row_text(row: Mapping[str, Any], i: int, key: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"[reward] rollout {i}: meta[{key!r}] is missing or empty; the data row must carry it")
+    return value
+
+
+def build_speech_rollouts(
+    rows: Sequence[Mapping[str, Any]],
+    audios: Sequence[np.ndarray],
+    completions: Sequence[CodedCompletion],
+    transcriber: Transcriber,
+    timings: HookTimings | None = None,
+) -> list[SpeechRollout]:
+    """One transcriber call for the whole batch, then one frozen SpeechRollout per completion."""
+    if not len(rows) == len(audios) == len(completions):
+        raise ValueError(f"[reward] {len(rows)} rows, {len(audios)} audios, {len(completions)} completions")
+    texts = [_row_text(row, i, "text") for i, row in enumerate(rows)]
+    languages = [_row_text(row, i, "language") for i, row in enumerate(rows)]
+    start = time.perf_counter()
+    transcripts = transcriber.transcribe(list(audios), languages) if audios else []
+    if timings is not None:
+        timings.transcribe_s += time.perf_counter() - start
+    if len(transcripts) != len(audios):
+        raise RuntimeError(f"[reward] transcriber returned {len(transcripts)} transcripts for {len(audios)} clips")
+    out = []
+    for row, text, lang, audio, comp, tr in zip(rows, texts, languages, audios, completions, transcripts, strict=True):
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        ref_audio = row.get("ref_audio")
+        out.append(
+            SpeechRollout(
+                text=text,
+                language=lang,
+                audio=audio,
+                duration_s=len(audio) / SAMPLE_RATE,
+                transcript=tr,
+                ref_text=row.get("ref_text"),
+                ref_audio=str(ref_audio) if ref_audio else None,
+                completion_ids=comp.completion_ids,
+                codes=comp.codes,
+                finished=comp.finished,
+                stray_tokens=comp.stray_tokens,
+            )
+        )
+    return out
+
+
+class SpeechHook:
+    """Rollouts (token ids) → SpeechRollouts with ONE batched decode and ONE transcriber call."""
+
+    def __init__(self, vocab: Any, decoder: Any, transcriber: Transcriber) -> None:
+        self.vocab = vocab  # tts.llasa.SpeechVocab
+        self.decoder = decoder  # tts.codec.XCodec2Decoder
+        self.transcriber = transcriber
+
+    def __call__(self, rollouts: Rollouts, timings: HookTimings | None = None) -> list[SpeechRollout]:
+        if not rollouts.meta:
+            raise ValueError("[reward] Rollouts.meta is empty: the generator must attach each prompt's data row")
+        completions = []
+        for ids, finished in zip(rollouts.completion_lists(), rollouts.finished.tolist(), strict=True):
+            split = self.vocab.split_completion(ids)
+            completions.append(
+                CodedCompletion(
+                    completion_ids=tuple(ids),
+                    codes=np.asarray(split.codes, dtype=np.int64),
+                    # the vocab knows whether the end-of-speech token was generated; the budget flag agrees
+                    finished=bool(split.finished and finished),
+                    stray_tokens=int(split.stray_tokens),
+                )
+            )
+        start = time.perf_counter()
+        audios = self.decoder.decode_batch([c.codes for c in completions])
+        if timings is not None:
+            timings.decode_s += time.perf_counter() - start
+        return build_speech_rollouts(rollouts.meta, audios, completions, self.transcriber, timings)
+
+
+def speech_rollouts_from_audio(
+    rows: Sequence[Mapping[str, Any]],
+    audios: Sequence[np.ndarray],
+    transcriber: Transcriber,
+    timings: HookTimings | None = None,
+) -> list[SpeechRollout]:
+    """Audio files → SpeechRollouts; rows may carry ``codes`` and ``finished`` (else those terms are N/A)."""
+    completions = [
+        CodedCompletion(
+            completion_ids=None,
+            codes=None if row.get("codes") is None else np.asarray(row["codes"], dtype=np.int64),
+            finished=None if row.get("finished") is None else bool(row["finished"]),
+        )
+        for row in rows
+    ]
+    return build_speech_rollouts(rows, audios, completions, transcriber, timings)

@@ -1,0 +1,37 @@
+"""What every reward term sees: one completion, decoded and transcribed once (``SpeechRollout``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from reward.config import RewardConfig
+from reward.transcribe import Transcript
+
+
+@dataclass(frozen=True, eq=False)
+class SpeechRollout:
+    text: str  # the text the speech should say
+    language: str
+    audio: np.ndarray  # [samples] float32, 16 kHz
+    duration_s: float
+    transcript: Transcript
+    ref_text: str | None = None
+    ref_audio: str | None = None  # path of the reference voice, if cloning
+    completion_ids: tuple[int, ...] | None = None  # None when scoring audio files
+    codes: np.ndarray | None = None  # [T] int64 speech codes; None when scoring audio files
+    finished: bool | None = None  # ended with end-of-speech; None when unknown
+    stray_tokens: int = 0  # non-speech tokens inside the completion
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Per-step information shared by all terms."""
+
+    config: RewardConfig = field(default_factory=RewardConfig)
+    step: int = 0
+    rate_band: tuple[float, float] | None = None  # from the training data (tts.data.DataStats); else config
+    extras: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,147 @@
+"""Reward terms: small pure functions ``(SpeechRollout, StepContext) -> float in [0, 1] | None``.
+
+None means "not applicable" (e.g. ``token_loop`` without speech codes) and leaves the term out of the
+combination. No term decodes or transcribes; they all read the one shared transcript and audio.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+from reward.audio_features import repeated_seconds
+from reward.normalize import error_rate, letters, normalize
+from reward.rollout import SpeechRollout, StepContext
+from reward.transcribe import rms_dbfs
+
+RewardTerm = Callable[[SpeechRollout, StepContext], "float | None"]
+TERMS: dict[str, RewardTerm] = {}
+CODES_PER_SECOND = 50  # X-Codec2: 320 samples per code at 16 kHz
+
+
+def register(name: str) -> Callable[[RewardTerm], RewardTerm]:
+    def add(fn: RewardTerm) -> RewardTerm:
+        if name in TERMS:
+            raise ValueError(f"[reward] term {name!r} registered twice")
+        TERMS[name] = fn
+        return fn
+
+    return add
+
+
+def get_term(name: str) -> RewardTerm:
+    try:
+        return TERMS[name]
+    except KeyError:
+        raise KeyError(f"[reward] unknown term {name!r} in reward.weights/gates; known: {sorted(TERMS)}") from None
+
+
+@register("wer")
+def wer(r: SpeechRollout, ctx: StepContext) -> float:
+    """exp(−WER) (or exp(−CER) with ``wer_variant='cer'``), as in the original experiment."""
+    return math.exp(-error_rate(r.text, r.transcript.text, r.language, ctx.config.wer_variant))
+
+
+def max_consecutive_repeats(words: list[str], max_n: int = 4) -> int:
+    """Longest run of one n-gram (n ≤ max_n) repeated back to back: 'ha ha ha' → 3."""
+    best = 1 if words else 0
+    for n in range(1, max_n + 1):
+        for start in range(len(words) - n):
+            count, i = 1, start + n
+            while words[i : i + n] == words[start : start + n] and len(words[i : i + n]) == n:
+                count, i = count + 1, i + n
+            best = max(best, count)
+    return best
+
+
+@register("hangup")
+def hangup(r: SpeechRollout, ctx: StepContext) -> float:
+    """0 if the transcript stutters: a character run ≥ ``hangup_char_run`` (the original `(.)\\1{5,}`) or one
+    word/phrase repeated ≥ ``hangup_word_repeats`` times in a row more often than the text itself does."""
+    cfg = ctx.config
+    hyp = r.transcript.text
+    if re.search(rf"(.)\1{{{cfg.hangup_char_run - 1},}}", hyp):
+        return 0.0
+    hyp_words, ref_words = normalize(hyp, r.language).split(), normalize(r.text, r.language).split()
+    repeats = max_consecutive_repeats(hyp_words)
+    return 0.0 if repeats >= cfg.hangup_word_repeats and repeats > max_consecutive_repeats(ref_words) else 1.0
+
+
+def longest_code_cycle(codes: np.ndarray, max_period: int) -> tuple[int, int]:
+    """(period, length in codes) of the longest stretch where codes[t] == codes[t + p] for one p ≤ max_period."""
+    best = (0, 0)
+    for p in range(1, max_period + 1):
+        if len(codes) <= p:
+            break
+        same = np.concatenate([[0], (codes[p:] == codes[:-p]).astype(np.int8), [0]])
+        edges = np.flatnonzero(np.diff(same))
+        if len(edges):
+            run = int((edges[1::2] - edges[::2]).max()) + p  # the first period plus its matching continuation
+            if run > best[1]:
+                best = (p, run)
+    return best
+
+
+@register("token_loop")
+def token_loop(r: SpeechRollout, ctx: StepContext) -> float | None:
+    """0 if the speech codes cycle with period p ≤ ``loop_max_period`` for ≥ ``loop_min_repeats`` periods and
+    ≥ ``loop_min_s`` seconds (``<s_111><s_222><s_333>`` …): loops Whisper may transcribe as one word. Needs codes."""
+    if r.codes is None:
+        return None
+    cfg = ctx.config
+    period, run = longest_code_cycle(np.asarray(r.codes), cfg.loop_max_period)
+    if period == 0:
+        return 1.0
+    looped = run >= period * cfg.loop_min_repeats and run >= cfg.loop_min_s * CODES_PER_SECOND
+    return 0.0 if looped else 1.0
+
+
+@register("audio_repeat")
+def audio_repeat(r: SpeechRollout, ctx: StepContext) -> float:
+    """exp(−s / scale) where s = seconds of audio repeating itself at a fixed lag (hang-up, stutter loop).
+
+    Needs no codes and no ASR: Whisper often transcribes a 100 ms segment looped 20× perfectly."""
+    cfg = ctx.config
+    s = repeated_seconds(
+        r.audio, cfg.repeat_min_lag_s, cfg.repeat_max_lag_s, cfg.repeat_similarity, cfg.repeat_min_s, cfg.silence_dbfs
+    )
+    return math.exp(-s / cfg.repeat_scale_s)
+
+
+@register("speaking_rate")
+def speaking_rate(r: SpeechRollout, ctx: StepContext) -> float:
+    """Letters per second ρ = letters(text) / duration against the band [lo, hi]:
+    1 inside, exp(−(ln(ρ/edge) / tol)²) outside — too fast (the original exploit) or too slow both lose."""
+    lo, hi = ctx.rate_band or ctx.config.rate_band
+    if r.duration_s <= 0:
+        return 0.0
+    rate = letters(r.text, r.language) / r.duration_s
+    if lo <= rate <= hi:
+        return 1.0
+    edge = lo if rate < lo else hi
+    return math.exp(-((math.log(max(rate, 1e-6) / edge) / ctx.config.rate_tolerance) ** 2))
+
+
+@register("complete")
+def complete(r: SpeechRollout, ctx: StepContext) -> float | None:
+    """0 for empty or silent audio; else 1 if generation ended with end-of-speech, 0 if cut at the token budget.
+    Audible audio of unknown ending (an audio file) is not applicable."""
+    if r.audio.size == 0 or r.transcript.silent or rms_dbfs(r.audio) < ctx.config.silence_dbfs:
+        return 0.0
+    if r.finished is None:
+        return None
+    return 1.0 if r.finished else 0.0
+
+
+@register("speaker_similarity")
+def speaker_similarity(r: SpeechRollout, ctx: StepContext) -> float | None:
+    """max(0, cos(e_ref, e_gen)) of resemblyzer speaker embeddings; needs a reference voice (optional extra)."""
+    if r.ref_audio is None or r.audio.size == 0:
+        return None
+    from reward.speaker import embed_file, embed_wav
+
+    e_ref, e_gen = embed_file(r.ref_audio), embed_wav(r.audio)
+    return max(0.0, float(np.dot(e_ref, e_gen) / (np.linalg.norm(e_ref) * np.linalg.norm(e_gen) + 1e-8)))
