@@ -1,0 +1,112 @@
+"""Where a run's numbers go: one JSON line per logged step, TensorBoard scalars if installed, a tqdm bar.
+
+Only the main process writes. ``metrics.jsonl`` is the source of truth (the end-of-run summary and
+``evaluate.py`` read it back); TensorBoard is a convenience.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.path = Path(run_dir) / METRICS_FILE
+        self.enabled = enabled
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is an optional extra
+                pass
+            else:
+                self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop lines of steps after the checkpoint (they will be run again)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        rows = self.path.read_text(encoding="utf-8").splitlines()
+        kept = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= step]
+        self.path.write_text("".join(r + "\n" for r in kept), encoding="utf-8")
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "time": round(time.time(), 3), **{k: _finite(v) for k, v in metrics.items()}}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(r) for r in path.read_text(encoding="utf-8").splitlines() if r.strip()]
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None  # JSON has no NaN
+
+
+class Progress:
+    """tqdm bar over steps with the numbers one glances at: reward, WER (when the scorer reports it), s/step."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool = True) -> None:
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+
+    def update(self, metrics: Mapping[str, float]) -> None:
+        shown = {"reward": metrics.get("reward/mean")}
+        # The scorer's plain WER ("asr/wer") rather than a reward term derived from it ("reward/wer").
+        wer = metrics.get("asr/wer", metrics.get("wer"))
+        if wer is not None:
+            shown["wer"] = wer
+        shown["s/step"] = metrics.get("time/step")
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items() if v is not None}, refresh=False)
+        self.bar.update(1)
+
+    def write(self, message: str) -> None:
+        self.bar.write(message)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def summarize(rows: list[dict[str, Any]], window: int = 3) -> list[str]:
+    """Start vs end of each reward term and a few health numbers: means over the first and last ``window``
+    logged steps (one step is noisy with a handful of completions)."""
+    if not rows:
+        return ["  (no metrics logged)"]
+    k = max(1, min(window, len(rows) // 2))
+    head, tail = rows[:k], rows[-k:]
+
+    def mean(part: list[dict[str, Any]], key: str) -> float | None:
+        vals = [r[key] for r in part if isinstance(r.get(key), (int, float))]
+        return sum(vals) / len(vals) if vals else None
+
+    keys = sorted({key for r in rows for key in r if key.startswith(("reward/", "asr/"))})
+    keys += ["completion/tokens", "completion/finished", "time/step"]
+    steps = f"steps {head[0]['step']}–{head[-1]['step']} → {tail[0]['step']}–{tail[-1]['step']}"
+    lines = [f"  {'metric':<24} {'start':>9} {'end':>9}   ({steps})"]
+    for key in keys:
+        a, b = mean(head, key), mean(tail, key)
+        if a is not None and b is not None:
+            lines.append(f"  {key:<24} {a:>9.4g} {b:>9.4g}")
+    return lines

@@ -1,0 +1,502 @@
+"""The GRPO training loop: one explicit ``step`` that reads top to bottom.
+
+    prompts ──► generator.generate ──► scorer.score ──► group advantages (over all ranks' groups)
+            ──► old / ref log-probs (only when needed) ──► μ × [micro-batches: loss, backward] ──► all-reduce
+            ──► clip ──► AdamW ──► scheduler ──► generator.sync_weights
+
+Everything the loop needs from outside is an interface (``Generator``, ``Scorer``, optionally ``SampleWriter``)
+plus a list of ``Prompt`` (token ids and the opaque data row the scorer reads back from ``Rollouts.meta``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from grpo import distributed as dist
+from grpo.advantages import group_advantages, zero_spread_fraction
+from grpo.checkpoint import load_checkpoint, save_checkpoint
+from grpo.config import TrainingConfig
+from grpo.logprobs import token_logprobs
+from grpo.loss import grpo_loss, loss_normalizer
+from grpo.metrics import MetricsLogger, Progress
+from grpo.rollouts import Generator, Rollouts, SampleWriter, Scorer, Scores
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: tuple[int, ...]  # the prompt's token ids, unpadded
+    meta: Mapping[str, Any] = field(default_factory=dict)  # the data row; reaches the scorer via Rollouts.meta
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    start_step: int
+    step: int  # steps completed in total
+    interrupted: bool  # stopped by SIGINT/SIGTERM before max_steps
+    checkpoint: Path | None  # the last checkpoint written
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer's activations in backward (non-reentrant: works with frozen inputs).
+
+    transformers only checkpoints in training mode, so generation (eval mode) keeps its KV cache.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise ValueError(f"[grpo] run.gradient_checkpointing: {type(model).__name__} has no checkpointing switch")
+
+
+def autocast_factory(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast where asked for (or, with ``auto``, where the GPU supports it); fp32 weights stay master."""
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and device.type == "cuda" and not bf16_ok:
+        raise ValueError(f"[grpo] run.precision='bf16' but {torch.cuda.get_device_name(device)} lacks bf16: use fp32")
+    if precision == "bf16" or (precision == "auto" and bf16_ok):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+class PromptSampler:
+    """Endless reproducible order over prompt indices: a new seeded permutation each epoch.
+
+    Its whole state is (epoch, position), saved in checkpoints as the data position.
+    """
+
+    def __init__(self, num_prompts: int, seed: int) -> None:
+        if num_prompts < 1:
+            raise ValueError("[grpo] no prompts to train on: check the data file")
+        self.n, self.seed, self.epoch, self.pos = num_prompts, seed, 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            if self.pos == self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._permutation()
+            out.append(self._order[self.pos])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.pos}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation()
+
+
+def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, eps: float):
+    """AdamW; like the HF Trainer, no weight decay on biases and norm weights (1-D parameters)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps)
+
+
+def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float) -> Callable[[int], float]:
+    """Multiplier of the base lr at optimizer update s (0-based).
+
+    warm-up: (s + 1) / W for s < W (the first update already moves); then constant 1, or cosine
+    min + (1 − min)·½(1 + cos(π·(s − W)/(total − W))).
+    """
+
+    def f(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+@dataclass
+class _Batch:
+    """A step's rollouts as model inputs on the device; log-prob tensors are [N, C] (0 beyond each mask)."""
+
+    prompt_ids: Tensor  # [N, P]
+    prompt_mask: Tensor  # [N, P]
+    completion_ids: Tensor  # [N, C]
+    completion_mask: Tensor  # [N, C] float
+    advantages: Tensor  # [N]
+    old_logps: Tensor | None = None  # [N, C]
+    ref_logps: Tensor | None = None  # [N, C]
+
+    def micro_batch(self, rows: slice) -> tuple[Tensor, Tensor, Tensor, int]:
+        """(input_ids, attention_mask, completion_mask, C) of ``rows``, cut to their own padding extent."""
+        pmask, cmask = self.prompt_mask[rows], self.completion_mask[rows]
+        c = max(1, int(cmask.sum(dim=1).max()))
+        first = int((pmask.sum(dim=0) > 0).nonzero()[0])  # leftmost column any row uses
+        ids = torch.cat([self.prompt_ids[rows, first:], self.completion_ids[rows, :c]], dim=1)
+        mask = torch.cat([pmask[:, first:], cmask[:, :c].long()], dim=1)
+        return ids, mask, cmask[:, :c], c
+
+
+class _Timer:
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.times = device, defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.times[name] += time.perf_counter() - t0
+
+
+class _StopOnSignal:
+    """First SIGINT/SIGTERM: ask the loop to stop after the current step. A second SIGINT aborts at once."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.requested, self.say = False, say
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.say(
+            f"[grpo] {signal.Signals(signum).name}: finishing this step, then writing a checkpoint "
+            "(Ctrl-C again to abort without one)"
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class GRPOTrainer:
+    """Trains ``policy`` with GRPO on ``prompts`` using ``generator`` for sampling and ``scorer`` for rewards.
+
+    ``pad_id`` must be a real token id (it fills padding; masks remove it). ``ref_model`` is required when
+    ``grpo.beta > 0`` and should be the *initial* policy (not a checkpoint's), frozen. ``tokenizer`` is saved
+    into every checkpoint so that it is a complete model folder. Under torchrun each process passes the same
+    prompts and config; ``dist_info`` says which share of each step's prompts is its own.
+    """
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        generator: Generator,
+        scorer: Scorer,
+        prompts: Sequence[Prompt],
+        config: TrainingConfig,
+        *,
+        pad_id: int,
+        ref_model: nn.Module | None = None,
+        tokenizer: Any = None,
+        dist_info: dist.DistInfo | None = None,
+    ) -> None:
+        self.cfg = config
+        g, o, r = config.grpo, config.optim, config.run
+        if g.beta > 0 and ref_model is None:
+            raise ValueError(f"[grpo] grpo.beta={g.beta} needs a reference model (or set grpo.beta = 0)")
+        self.policy, self.generator, self.scorer, self.prompts = policy, generator, scorer, list(prompts)
+        self.ref_model = None if g.beta == 0 else ref_model
+        self.tokenizer, self.pad_id = tokenizer, pad_id
+        self.dist = dist_info or dist.DistInfo(device=next(policy.parameters()).device)
+        self.device = next(policy.parameters()).device
+        self.run_dir = Path(r.output_dir)
+        self.autocast = autocast_factory(self.device, r.precision)
+
+        seed_everything(r.seed + self.dist.rank)  # ranks sample different completions
+        self.sampler = PromptSampler(len(self.prompts), r.seed)  # same order on every rank
+        dist.broadcast_parameters(policy)
+        if r.gradient_checkpointing:
+            enable_activation_checkpointing(policy)
+        if self.ref_model is not None:
+            self.ref_model.eval().requires_grad_(False)
+        self.optimizer = build_optimizer(policy, o.lr, o.betas, o.weight_decay, o.adam_eps)
+        total = r.max_steps * g.num_iterations
+        warmup = math.ceil(o.warmup_ratio * total)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(total, warmup, o.schedule, o.min_lr_ratio)
+        )
+        self.step = 0
+        self.last_rollouts: Rollouts | None = None  # this rank's latest step, for samples and tests
+        self.last_scores: Scores | None = None
+
+    # ----------------------------------------------------------------------------------------------------------
+    # One step
+
+    def train_step(self) -> dict[str, float]:
+        """One GRPO step on the next prompts; returns its metrics (identical on every rank)."""
+        g, gen = self.cfg.grpo, self.cfg.generation
+        timer = _Timer(self.device)
+        t_step = time.perf_counter()
+        self.policy.train()
+
+        # 1. This rank's whole groups: the step's prompts are drawn globally, rank r takes the r-th share.
+        per_rank = g.prompts_per_step
+        chosen = self.sampler.take(per_rank * self.dist.world_size)
+        prompts = [self.prompts[i] for i in chosen[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]]
+        with timer("generate"):
+            rollouts = self.generator.generate([p.ids for p in prompts], g.group_size)
+        rollouts = dataclasses.replace(rollouts, meta=tuple(p.meta for p in prompts for _ in range(g.group_size)))
+
+        # 2. Rewards, where the completions are.
+        with timer("score"):
+            scores = self.scorer.score(rollouts)
+        if scores.rewards.shape != (len(rollouts),):
+            raise ValueError(
+                f"[grpo] scorer returned rewards of shape {tuple(scores.rewards.shape)}, expected ({len(rollouts)},)"
+            )
+
+        # 3. Advantages over every rank's groups (groups are never split; batch scaling sees the whole batch).
+        rewards_all = dist.all_gather(scores.rewards.float().cpu())  # [world · N]
+        adv_all = group_advantages(rewards_all, g.group_size, g.advantage_scale, g.advantage_eps)
+        n = len(rollouts)
+        batch = _Batch(
+            prompt_ids=rollouts.prompt_ids.to(self.device),
+            prompt_mask=rollouts.prompt_mask.long().to(self.device),
+            completion_ids=rollouts.completion_ids.to(self.device),
+            completion_mask=rollouts.completion_mask.float().to(self.device),
+            advantages=adv_all[self.dist.rank * n : (self.dist.rank + 1) * n].to(self.device),
+        )
+        # Without them the ratio π/π_old is identically 1 at the only update: old = logps.detach() then.
+        if g.num_iterations > 1 or rollouts.sampler_logps is not None:
+            with timer("old_logps"):
+                batch.old_logps = self.behaviour_logps(batch, rollouts)
+        if self.ref_model is not None:
+            with timer("ref_logps"):
+                batch.ref_logps = self._logps_no_grad(self.ref_model, batch)
+
+        # 4. μ optimizer updates, each over the whole batch in micro-batches. The normaliser is that of the
+        #    whole step on all ranks, so Σ (micro-batch losses) over ranks is the full-batch loss.
+        normalizer = dist.all_reduce_sum(loss_normalizer(batch.completion_mask, g.loss_aggregation, gen.max_new_tokens))
+        update_stats: list[dict[str, float]] = []
+        with timer("update"):
+            for _ in range(g.num_iterations):
+                update_stats.append(self._update(batch, normalizer, with_entropy=not update_stats))
+        self.generator.sync_weights(self.policy)
+        self.last_rollouts, self.last_scores = rollouts, scores
+
+        times = {f"time/{k}": v for k, v in timer.times.items()}
+        times["time/step"] = time.perf_counter() - t_step
+        return self._step_metrics(rollouts, scores.metrics, rewards_all, update_stats, times)
+
+    def behaviour_logps(self, batch: _Batch, rollouts: Rollouts) -> Tensor:
+        """log π_old [N, C] of the sampled tokens: the policy's, recomputed before the first update.
+
+        Needed when μ > 1 (later updates move away from the sampling policy) or when a separate engine sampled
+        (``rollouts.sampler_logps``). In that case the engine's log-probs are the behaviour policy of the
+        truncated importance correction (vLLM issue); that correction plugs in here.
+        """
+        return self._logps_no_grad(self.policy, batch)
+
+    @torch.no_grad()
+    def _logps_no_grad(self, model: nn.Module, batch: _Batch) -> Tensor:
+        was_training = model.training
+        model.eval()
+        out = torch.zeros_like(batch.completion_mask)
+        for rows in self._micro_slices(len(batch.advantages)):
+            ids, mask, _, c = batch.micro_batch(rows)
+            with self.autocast():
+                out[rows, :c] = token_logprobs(
+                    model,
+                    ids,
+                    mask,
+                    c,
+                    temperature=self.cfg.generation.temperature,
+                    chunk_tokens=self.cfg.grpo.logprob_chunk_tokens,
+                )
+        model.train(was_training)
+        return out
+
+    def _micro_slices(self, n: int) -> list[slice]:
+        m = self.cfg.grpo.micro_batch_size
+        return [slice(s, min(s + m, n)) for s in range(0, n, m)]
+
+    def _update(self, batch: _Batch, normalizer: float, *, with_entropy: bool) -> dict[str, float]:
+        """One optimizer update over the whole batch; returns its token-weighted statistics."""
+        g, o = self.cfg.grpo, self.cfg.optim
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = defaultdict(float)
+        tokens = 0.0
+        for rows in self._micro_slices(len(batch.advantages)):
+            ids, mask, cmask, c = batch.micro_batch(rows)
+            with self.autocast():
+                out = token_logprobs(
+                    self.policy,
+                    ids,
+                    mask,
+                    c,
+                    temperature=self.cfg.generation.temperature,
+                    chunk_tokens=g.logprob_chunk_tokens,
+                    return_entropy=with_entropy,
+                )
+            logps, entropy = out if with_entropy else (out, None)
+            old = logps.detach() if batch.old_logps is None else batch.old_logps[rows, :c]
+            loss, stats = grpo_loss(
+                logps,
+                old,
+                batch.advantages[rows],
+                cmask,
+                ref_logps=None if batch.ref_logps is None else batch.ref_logps[rows, :c],
+                beta=g.beta,
+                eps_low=g.eps_low,
+                eps_high=g.eps_high,
+                aggregation=g.loss_aggregation,
+                max_completion_length=self.cfg.generation.max_new_tokens,
+                normalizer=normalizer,
+            )
+            loss.backward()
+            k = float(cmask.sum())
+            tokens += k
+            sums["loss"] += loss.item()
+            for name, v in stats.items():
+                sums[name] += v.item() * k
+            if entropy is not None:
+                sums["entropy"] += float((entropy * cmask).sum())
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        dist.all_reduce_gradients(params)
+        clip = o.max_grad_norm if o.max_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        # Every rank holds the same summed gradients; the loss and statistics are this rank's share.
+        out = {k: (v if k == "loss" else v / max(tokens, 1.0)) for k, v in sums.items()}
+        return {**out, "grad_norm": grad_norm, "lr": lr}
+
+    def _step_metrics(
+        self,
+        rollouts: Rollouts,
+        scorer_metrics: Mapping[str, float],
+        rewards_all: Tensor,
+        update_stats: list[dict[str, float]],
+        times: dict[str, float],
+    ) -> dict[str, float]:
+        lengths = rollouts.completion_mask.sum(dim=1).float()
+        first = update_stats[0]
+        local: dict[str, float] = {
+            **{k if "/" in k else f"reward/{k}": float(v) for k, v in scorer_metrics.items()},
+            "completion/tokens": lengths.mean().item(),
+            "completion/tokens_max": lengths.max().item(),
+            "completion/finished": rollouts.finished.float().mean().item(),
+            "loss": first["loss"],
+            **{f"loss/{k}": v for k, v in first.items() if k not in ("loss", "grad_norm", "lr", "entropy")},
+            **times,
+        }
+        if "entropy" in first:
+            local["policy/entropy"] = first["entropy"]
+        if len(update_stats) > 1:  # the last update shows how far the policy moved from the sampler
+            last = update_stats[-1]
+            local.update({f"loss/last_{k}": v for k, v in last.items() if k not in ("grad_norm", "lr")})
+        metrics = dist.all_reduce_mean(local)
+        metrics["loss"] *= self.dist.world_size  # each rank's loss is its share of the global normaliser
+        metrics.update(
+            {
+                "reward/mean": rewards_all.mean().item(),
+                "reward/std": rewards_all.std().item() if rewards_all.numel() > 1 else 0.0,
+                "reward/zero_spread": zero_spread_fraction(rewards_all, self.cfg.grpo.group_size),
+                "lr": first["lr"],
+                "grad_norm": sum(u["grad_norm"] for u in update_stats) / len(update_stats),
+            }
+        )
+        return metrics
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The run
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.run_dir,
+            self.step,
+            model=self.policy,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            tokenizer=self.tokenizer,
+            keep_last=self.cfg.run.keep_last,
+            state={"data": self.sampler.state_dict()},
+        )
+
+    def load(self, checkpoint: str | Path) -> None:
+        state = load_checkpoint(checkpoint, model=self.policy, optimizer=self.optimizer, scheduler=self.scheduler)
+        self.step = int(state["step"])
+        self.sampler.load_state_dict(state["data"])
+        self.generator.sync_weights(self.policy)
+
+    def train(self, resume: str | Path | None = None) -> TrainResult:
+        """Run until ``run.max_steps``, or until SIGINT/SIGTERM (then checkpoint and return ``interrupted``)."""
+        r = self.cfg.run
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume is not None:
+            self.load(resume)
+        start = self.step
+        logger = MetricsLogger(self.run_dir, enabled=main, tensorboard=r.tensorboard)
+        logger.truncate_after(self.step)
+        bar = Progress(r.max_steps, self.step, enabled=main)
+        say = bar.write if main else (lambda _m: None)
+        checkpoint: Path | None = None
+        interrupted = False
+        try:
+            with _StopOnSignal(say) as stop:
+                while self.step < r.max_steps:
+                    metrics = self.train_step()
+                    self.step += 1
+                    if self.step % r.log_every == 0 or self.step == r.max_steps:
+                        logger.log(self.step, metrics)
+                    bar.update(metrics)
+                    if main and r.sample_every and self.step % r.sample_every == 0:
+                        self._write_samples()
+                    interrupted = dist.any_rank(stop.requested)
+                    if interrupted or self.step == r.max_steps or (r.save_every and self.step % r.save_every == 0):
+                        checkpoint = self.save()
+                    if interrupted:
+                        break
+        finally:
+            bar.close()
+            logger.close()
+        return TrainResult(self.run_dir, start, self.step, interrupted and self.step < r.max_steps, checkpoint)
+
+    def _write_samples(self) -> None:
+        """Audio/text of this rank's latest step, when the scorer can write them (a ``SampleWriter``)."""
+        if not isinstance(self.scorer, SampleWriter) or self.last_rollouts is None or self.last_scores is None:
+            return
+        directory = self.run_dir / "samples" / f"step-{self.step:06d}"
+        directory.mkdir(parents=True, exist_ok=True)
+        self.scorer.write_samples(self.last_rollouts, self.last_scores, directory, self.cfg.run.num_samples)

@@ -1,0 +1,264 @@
+"""The Llasa GRPO recipe: the root config (one TOML section per concern) and the components built from it.
+
+``train.py`` and ``evaluate.py`` share this module, so both read the same TOML and build the same model,
+tokenizer, prompts, generator and scorer:
+
+    cfg = load(path, overrides)          # checked before anything loads
+    check_resources(cfg)                 # model / codec / transcriber / data reachable, else names the key
+    parts = build_components(cfg, device)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from grpo.config import (
+    ConfigError,
+    FieldError,
+    GenerationConfig,
+    GRPOConfig,
+    OptimConfig,
+    RunConfig,
+    TrainingConfig,
+    load_config,
+)
+from grpo.generation import HFGenerator
+from grpo.rollouts import Generator
+from grpo.trainer import Prompt, autocast_factory
+from reward.config import RewardConfig, TranscriberConfig
+from tts.config import CodecConfig, DataConfig, ModelConfig, ReferenceConfig, torch_dtype
+
+# Names that resolve to assets the project builds or assembles offline (no hub needed).
+TINY_MODEL, TINY_CODEC, OFFLINE_WHISPER = "tiny-llasa", "tiny-xcodec2", "whisper-base-pypi"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    transcriber: TranscriberConfig = field(default_factory=TranscriberConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if not self.data.path:
+            raise FieldError("data.path", self.data.path, "set it to a .jsonl or .csv file of rows with 'text'")
+        if self.generation.backend != "hf":
+            raise FieldError("generation.backend", self.generation.backend, "only 'hf' is wired in this recipe")
+
+    @property
+    def training(self) -> TrainingConfig:
+        return TrainingConfig(generation=self.generation, grpo=self.grpo, optim=self.optim, run=self.run)
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    return load_config(Config, path, overrides)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Preflight: everything a run needs from disk or the hub, checked in seconds and reported together
+
+
+def _hub_problem(key: str, name: str, probe_file: str, repo: str | None = None) -> str | None:
+    """None if ``name`` is a local folder, cached, or the hub is reachable; else why not, naming ``key``.
+
+    ``repo`` is the hub id ``name`` stands for, when it is a short name (faster-whisper's "medium").
+    """
+    if Path(name).expanduser().exists():
+        return None
+    repo = repo or name
+    if repo.startswith((".", "/", "~")) or repo.count("/") != 1:
+        return f"{key}={name!r}: no such folder (and not a Hugging Face id like 'org/name')"
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, probe_file), str):
+        return None
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    fix = f"download it where there is network (huggingface-cli download {repo} --local-dir DIR) and set {key} = DIR"
+    if constants.HF_HUB_OFFLINE:
+        return f"{key}={name!r}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set: {fix}"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        return f"{key}={name!r}: not a local folder, not cached, and {host} is unreachable ({e}): {fix}"
+    return None  # reachable: from_pretrained downloads it (and reports a wrong name itself)
+
+
+def check_resources(cfg: Config, source: str = "config") -> None:
+    """Fail fast, before any model loads, with every missing resource named by its config key."""
+    problems = []
+    if cfg.model.path != TINY_MODEL:
+        problems.append(_hub_problem("model.path", cfg.model.path, "config.json"))
+    if cfg.codec.path != TINY_CODEC:
+        problems.append(_hub_problem("codec.path", cfg.codec.path, "model.safetensors"))
+    if cfg.transcriber.backend == "whisper" and cfg.transcriber.model != OFFLINE_WHISPER:
+        name = cfg.transcriber.model
+        repo = name if "/" in name else f"Systran/faster-whisper-{name}"  # faster-whisper's size names
+        problems.append(_hub_problem("transcriber.model", name, "model.bin", repo))
+    if not Path(cfg.data.path).expanduser().is_file():
+        problems.append(f"data.path={cfg.data.path!r}: no such file (rows of text, language, ref_audio, ref_text)")
+    problems = [p for p in problems if p]
+    if problems:
+        raise ConfigError(f"{source}: cannot start:\n  " + "\n  ".join(problems))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Components
+
+
+@dataclass
+class Components:
+    model: nn.Module  # the policy, on its device, float32 master weights unless model.dtype says otherwise
+    tokenizer: Any
+    vocab: Any  # tts.llasa.SpeechVocab
+    pad_id: int
+    prompts: list[Prompt]
+    generator: Generator
+    scorer: Any  # reward.scorer.SpeechScorer (Scorer + SampleWriter)
+    ref_model: nn.Module | None
+    examples: list[Any] = field(default_factory=list)  # tts.data.Example
+
+
+def resolve_paths(cfg: Config) -> tuple[str, str]:
+    """(model path, codec path) with the offline tiny names built on first use."""
+    model, codec = cfg.model.path, cfg.codec.path
+    if TINY_MODEL in (model, codec) or TINY_CODEC in (model, codec):
+        from tts.tiny import tiny_assets
+
+        tiny_model, tiny_codec = tiny_assets()
+        model = str(tiny_model) if model == TINY_MODEL else model
+        codec = str(tiny_codec) if codec == TINY_CODEC else codec
+    return model, codec
+
+
+def load_model(path: str, cfg: Config, device: torch.device) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.model.dtype, key="model.dtype"))
+    except OSError as e:
+        raise ConfigError(f"model.path={cfg.model.path!r}: cannot load a causal LM from {path}: {e}") from None
+    return model.to(device)
+
+
+def load_tokenizer(path: str, cfg: Config) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise ConfigError(f"model.path={cfg.model.path!r}: cannot load its tokenizer from {path}: {e}") from None
+
+
+def build_prompts(cfg: Config, examples: Sequence[Any], tokenizer: Any, vocab: Any) -> list[Prompt]:
+    """Token ids per data row (reference codes appended when cloning) and the row as meta for the scorer."""
+    from tts.llasa import build_prompt_ids
+    from tts.reference import ReferenceCodes
+
+    fmt = cfg.model.prompt_format()
+    normalizer = cfg.data.normalizer([e.text for e in examples])
+    refs = ReferenceCodes(cfg.reference.codec, cfg.reference.cache_dir or None)
+    prompts = []
+    for ex in examples:
+        text = normalizer.normalize(ex.text)[0] if normalizer else ex.text
+        language = ex.language or cfg.transcriber.language
+        if not language:
+            raise ConfigError(
+                f"data.path={cfg.data.path!r} line {ex.line}: no 'language' in the row and transcriber.language "
+                "is not set: give every row a language or set transcriber.language"
+            )
+        codes = refs.get(ex.ref_audio) if ex.ref_audio else None
+        ids = build_prompt_ids(tokenizer, fmt, text, ref_text=ex.ref_text, ref_codes=codes, vocab=vocab)
+        prompts.append(Prompt(ids=tuple(ids), meta={**ex.meta(), "text": text, "language": language}))
+    return prompts
+
+
+def build_scorer(cfg: Config, vocab: Any, examples: Sequence[Any]) -> Any:
+    """Decoder + transcriber + reward terms (``reward.scorer.SpeechScorer``)."""
+    from reward.hook import SpeechHook
+    from reward.scorer import SpeechScorer
+    from reward.transcribe import make_transcriber
+    from tts.codec import XCodec2Decoder
+    from tts.data import compute_stats
+
+    _, codec_path = resolve_paths(cfg)
+    decoder = XCodec2Decoder.from_pretrained(
+        codec_path, device=cfg.codec.device, dtype=torch_dtype(cfg.codec.dtype, key="codec.dtype")
+    )
+    hook = SpeechHook(vocab, _BatchedDecoder(decoder, cfg.codec), make_transcriber(cfg.transcriber))
+    stats = compute_stats(examples)  # the data's own speaking-rate band, when it has reference audio
+    return SpeechScorer(hook, cfg.reward, rate_band=stats.chars_per_second)
+
+
+class _BatchedDecoder:
+    """The decoder with the [codec] batch settings applied (the hook calls ``decode_batch(codes)``)."""
+
+    def __init__(self, decoder: Any, cfg: CodecConfig) -> None:
+        self.decoder, self.cfg = decoder, cfg
+
+    def decode_batch(self, codes: Sequence[Any]) -> list[Any]:
+        return self.decoder.decode_batch(codes, batch_size=self.cfg.batch_size, exact=self.cfg.exact_batches)
+
+
+def build_generator(cfg: Config, model: nn.Module, vocab: Any, pad_id: int, device: torch.device) -> Generator:
+    return HFGenerator(
+        model,
+        cfg.generation,
+        pad_id=pad_id,
+        stop_ids=[vocab.stop_id],
+        autocast=autocast_factory(device, cfg.run.precision),
+    )
+
+
+def build_components(cfg: Config, device: torch.device, *, model_path: str | None = None) -> Components:
+    """Everything a run needs. ``model_path`` overrides ``model.path`` (evaluate.py: a checkpoint)."""
+    from tts.data import load_examples
+    from tts.llasa import SpeechVocab
+
+    examples = load_examples(
+        cfg.data.path, max_bad_fraction=cfg.data.max_bad_fraction, check_audio=cfg.data.check_audio
+    )
+    path = model_path or resolve_paths(cfg)[0]
+    tokenizer = load_tokenizer(path, cfg)
+    vocab = SpeechVocab.from_tokenizer(tokenizer, cfg.model.stop_token)
+    pad_id = vocab.pad_id if vocab.pad_id is not None else vocab.stop_id  # any real id: masks remove padding
+    prompts = build_prompts(cfg, examples, tokenizer, vocab)
+    model = load_model(path, cfg, device)
+    # The KL anchor is the initial policy (also when resuming), loaded once more and frozen; none if β = 0.
+    ref = load_model(path, cfg, device).eval().requires_grad_(False) if cfg.grpo.beta > 0 else None
+    return Components(
+        model=model,
+        tokenizer=tokenizer,
+        vocab=vocab,
+        pad_id=pad_id,
+        prompts=prompts,
+        generator=build_generator(cfg, model, vocab, pad_id, device),
+        scorer=build_scorer(cfg, vocab, examples),
+        ref_model=ref,
+        examples=list(examples),
+    )
+
+
+def describe(cfg: Config, parts: Components, device: torch.device, world_size: int) -> str:
+    n = sum(p.numel() for p in parts.model.parameters())
+    g = cfg.grpo
+    return (
+        f"[train] model {cfg.model.path} ({n / 1e6:.1f} M parameters) on {device}, precision {cfg.run.precision}; "
+        f"{len(parts.prompts)} prompts; per step {g.prompts_per_step * world_size} prompts × {g.group_size} "
+        f"completions ({world_size} process{'es' if world_size > 1 else ''}), micro-batch {g.micro_batch_size}, "
+        f"μ={g.num_iterations}, β={g.beta}; run folder {cfg.run.output_dir} (pid {os.getpid()})"
+    )

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from grpo.config import (
+    ConfigError,
+    FieldError,
+    GRPOConfig,
+    RunConfig,
+    dump_toml,
+    load_config,
+    parse_override,
+)
+
+
+@dataclass(frozen=True)
+class Inner:
+    name: str = "x"
+    ratio: float = 0.5
+    band: tuple[float, float] = (1.0, 2.0)
+    mode: Literal["a", "b"] = "a"
+    weights: dict[str, float] = field(default_factory=lambda: {"wer": 1.0, "rate": 0.5})
+    language: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ratio <= 1:
+            raise FieldError("ratio", self.ratio, "must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Root:
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    inner: Inner = field(default_factory=Inner)
+
+    def __post_init__(self) -> None:
+        if self.run.max_steps < self.grpo.num_iterations:
+            raise FieldError("run.max_steps", self.run.max_steps, "fewer steps than grpo.num_iterations")
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_values_types_and_defaults(tmp_path):
+    path = _write(
+        tmp_path,
+        """
+[grpo]
+group_size = 8
+batch_size = 16
+beta = 0      # an integer where a float is declared is accepted as 0.0
+[inner]
+band = [3, 4.5]
+mode = "b"
+[inner.weights]
+wer = 2.0
+""",
+    )
+    cfg = load_config(Root, path)
+    assert cfg.grpo.group_size == 8 and cfg.grpo.prompts_per_step == 2
+    assert cfg.grpo.beta == 0.0 and isinstance(cfg.grpo.beta, float)
+    assert cfg.inner.band == (3.0, 4.5) and cfg.inner.mode == "b"
+    assert cfg.inner.weights == {"wer": 2.0}  # a table in the file is the whole table
+    assert cfg.run == RunConfig()  # absent section: defaults
+
+
+def test_resolved_toml_round_trips(tmp_path):
+    cfg = load_config(Root, _write(tmp_path, "[inner]\nname = 'a \"quoted\" \\\\ name'\n"), ["inner.language=de"])
+    again = load_config(Root, _write(tmp_path, dump_toml(cfg)))
+    assert again == cfg
+    assert load_config(Root, _write(tmp_path, dump_toml(Root()))) == Root()  # None written as a comment
+
+
+def test_overrides_parse_toml_literals_and_merge_into_tables(tmp_path):
+    path = _write(tmp_path, "[grpo]\nbeta = 0.0\n")
+    cfg = load_config(
+        Root, path, ["grpo.beta=0.04", "run.output_dir=runs/x", "inner.band=[5, 6]", "inner.weights.rate=3"]
+    )
+    assert cfg.grpo.beta == 0.04
+    assert cfg.run.output_dir == "runs/x"  # a bare word is a string
+    assert cfg.inner.band == (5.0, 6.0)
+    assert cfg.inner.weights == {"wer": 1.0, "rate": 3.0}  # --set changes one key of a table, keeps the rest
+    assert parse_override("run.gradient_checkpointing=true") == (["run", "gradient_checkpointing"], True)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[grpo]\ngruop_size = 4\n", r"c\.toml: grpo\.gruop_size: unknown key .*did you mean 'group_size'"),
+        ("[grpoo]\n", r"c\.toml: grpoo: unknown key .*did you mean 'grpo'"),
+        ("[grpo]\ngroup_size = '4'\n", r"c\.toml: grpo\.group_size: expected an integer, got str '4'"),
+        ("[grpo]\ngroup_size = 4.0\n", r"grpo\.group_size: expected an integer"),
+        ("[run]\ngradient_checkpointing = 1\n", r"run\.gradient_checkpointing: expected true or false"),
+        ("[grpo]\ngroup_size = 1\nbatch_size = 4\n", r"c\.toml: grpo\.group_size=1: GRPO needs at least 2"),
+        (
+            "[grpo]\ngroup_size = 4\nbatch_size = 6\n",
+            r"grpo\.batch_size=6: must be a positive multiple of group_size=4",
+        ),
+        ("[grpo]\neps_low = -0.1\n", r"grpo\.eps_low=-0\.1: must be >= 0"),
+        ("[inner]\nratio = 2\n", r"c\.toml: inner\.ratio=2\.0: must lie in \[0, 1\]"),
+        ("[inner]\nband = [1]\n", r"inner\.band: expected an array of 2 values"),
+        ("[inner]\nmode = 'c'\n", r"inner\.mode: expected one of 'a', 'b'"),
+        ("[grpo]\nnum_iterations = 5\n[run]\nmax_steps = 2\n", r"c\.toml: run\.max_steps=2: fewer steps"),
+        ("grpo = 3\n", r"c\.toml: grpo: expected a table, got int 3"),
+        ("[grpo\n", r"c\.toml: not valid TOML"),
+    ],
+)
+def test_bad_configs_name_file_and_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Root, _write(tmp_path, text))
+
+
+def test_bad_overrides_are_named(tmp_path):
+    path = _write(tmp_path, "")
+    with pytest.raises(ConfigError, match=r"--set grpo.bta=1: unknown key grpo.bta .*did you mean 'beta'"):
+        load_config(Root, path, ["grpo.bta=1"])
+    with pytest.raises(ConfigError, match=r"--set grpo.beta=-1: grpo.beta=-1.0: must be >= 0"):
+        load_config(Root, path, ["grpo.beta=-1"])
+    with pytest.raises(ConfigError, match=r"expected section.key=value"):
+        load_config(Root, path, ["grpo.beta"])
+    with pytest.raises(ConfigError, match=r"no such config file"):
+        load_config(Root, tmp_path / "missing.toml")
