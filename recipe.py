@@ -57,8 +57,6 @@ class Config:
     def __post_init__(self) -> None:
         if not self.data.path:
             raise FieldError("data.path", self.data.path, "set it to a .jsonl or .csv file of rows with 'text'")
-        if self.generation.backend != "hf":
-            raise FieldError("generation.backend", self.generation.backend, "only 'hf' is wired in this recipe")
 
     @property
     def training(self) -> TrainingConfig:
@@ -214,14 +212,32 @@ class _BatchedDecoder:
         return self.decoder.decode_batch(codes, batch_size=self.cfg.batch_size, exact=self.cfg.exact_batches)
 
 
-def build_generator(cfg: Config, model: nn.Module, vocab: Any, pad_id: int, device: torch.device) -> Generator:
-    return HFGenerator(
-        model,
-        cfg.generation,
-        pad_id=pad_id,
-        stop_ids=[vocab.stop_id],
-        autocast=autocast_factory(device, cfg.run.precision),
+def build_generator(
+    cfg: Config, model: nn.Module, vocab: Any, pad_id: int, device: torch.device, *, model_path: str | None = None
+) -> Generator:
+    """The ``[generation] backend``: same sampling parameters whichever engine samples."""
+    gen = cfg.generation
+    if gen.backend == "hf":
+        autocast = autocast_factory(device, cfg.run.precision)
+        return HFGenerator(model, gen, pad_id=pad_id, stop_ids=[vocab.stop_id], autocast=autocast)
+    from grpo.vllm_engine import Sampling, VLLMEngine, VLLMSettings
+    from grpo.vllm_generation import EngineGenerator, ServerGenerator
+
+    # No per-request seed: the engine is seeded once (run.seed), so successive steps sample differently.
+    sampling = Sampling.from_config(gen, [vocab.stop_id])
+    if gen.backend == "vllm_server":
+        vocab_size = model.get_output_embeddings().weight.shape[0]
+        return ServerGenerator(
+            gen.server_url, sampling, pad_id=pad_id, vocab_size=vocab_size, timeout_s=gen.server_timeout_s
+        )
+    settings = VLLMSettings(
+        model=model_path or resolve_paths(cfg)[0],
+        gpu_memory_utilization=gen.vllm_gpu_memory_utilization,
+        dtype=gen.vllm_dtype,
+        enable_sleep_mode=gen.vllm_sleep,
+        seed=cfg.run.seed,
     )
+    return EngineGenerator(VLLMEngine(settings), sampling, pad_id=pad_id)
 
 
 def build_components(cfg: Config, device: torch.device, *, model_path: str | None = None) -> Components:
@@ -246,7 +262,7 @@ def build_components(cfg: Config, device: torch.device, *, model_path: str | Non
         vocab=vocab,
         pad_id=pad_id,
         prompts=prompts,
-        generator=build_generator(cfg, model, vocab, pad_id, device),
+        generator=build_generator(cfg, model, vocab, pad_id, device, model_path=path),
         scorer=build_scorer(cfg, vocab, examples),
         ref_model=ref,
         examples=list(examples),

@@ -298,13 +298,20 @@ def _value(v: Any) -> str:
 class GenerationConfig:
     """Sampling; the same parameters for every backend so that switching backend changes speed, not behaviour."""
 
-    backend: str = "hf"  # "hf": transformers generate (CPU, debugging); vLLM backends plug in here (issue 6)
+    # "hf": transformers generate (CPU, debugging); "vllm_colocate": vLLM on the training GPU;
+    # "vllm_server": vLLM in `python -m grpo.serve` on another GPU (server_url)
+    backend: Literal["hf", "vllm_colocate", "vllm_server"] = "hf"
     max_new_tokens: int = 2048
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     repetition_penalty: float = 1.0
     batch_size: int = 0  # sequences per generate call, in whole groups; 0 = the whole step at once
+    vllm_gpu_memory_utilization: float = 0.3  # vllm_colocate: the engine's share of the training GPU
+    vllm_sleep: bool = False  # vllm_colocate: free the engine's GPU memory between generations (sleep mode)
+    vllm_dtype: str = "bfloat16"
+    server_url: str = "http://127.0.0.1:8000"  # vllm_server
+    server_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -319,6 +326,10 @@ class GenerationConfig:
             raise FieldError("repetition_penalty", self.repetition_penalty, "must be > 0 (1.0 turns it off)")
         if self.batch_size < 0:
             raise FieldError("batch_size", self.batch_size, "must be >= 0 (0: the whole step in one call)")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise FieldError("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, "must lie in (0, 1]")
+        if not self.server_timeout_s > 0:
+            raise FieldError("server_timeout_s", self.server_timeout_s, "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -336,6 +347,10 @@ class GRPOConfig:
     advantage_eps: float = 1e-4
     loss_aggregation: Literal["token", "sequence", "constant"] = "token"
     logprob_chunk_tokens: int = 1024  # positions per lm_head chunk when computing log-probs (memory bound)
+    # Truncated importance sampling against the sampler's log-probs (vLLM backends; grpo/importance.py)
+    importance_level: Literal["token", "sequence"] = "token"
+    importance_cap: float = 3.0  # C: weights above it are truncated to C (or masked)
+    importance_mode: Literal["truncate", "mask"] = "truncate"
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -357,6 +372,8 @@ class GRPOConfig:
             raise FieldError("eps_low", self.eps_low, "must be < 1 (the lower clip is 1 - eps_low)")
         if self.logprob_chunk_tokens < 1:
             raise FieldError("logprob_chunk_tokens", self.logprob_chunk_tokens, "must be >= 1")
+        if not self.importance_cap > 0:
+            raise FieldError("importance_cap", self.importance_cap, "must be > 0 (3 is the usual choice)")
 
     @property
     def prompts_per_step(self) -> int:

@@ -31,6 +31,7 @@ from grpo import distributed as dist
 from grpo.advantages import group_advantages, zero_spread_fraction
 from grpo.checkpoint import load_checkpoint, save_checkpoint
 from grpo.config import TrainingConfig
+from grpo.importance import importance_weights
 from grpo.logprobs import token_logprobs
 from grpo.loss import grpo_loss, loss_normalizer
 from grpo.metrics import MetricsLogger, Progress
@@ -155,6 +156,7 @@ class _Batch:
     advantages: Tensor  # [N]
     old_logps: Tensor | None = None  # [N, C]
     ref_logps: Tensor | None = None  # [N, C]
+    is_weights: Tensor | None = None  # [N, C] truncated importance weights π_old/μ when another engine sampled
 
     def micro_batch(self, rows: slice) -> tuple[Tensor, Tensor, Tensor, int]:
         """(input_ids, attention_mask, completion_mask, C) of ``rows``, cut to their own padding extent."""
@@ -295,9 +297,19 @@ class GRPOTrainer:
             advantages=adv_all[self.dist.rank * n : (self.dist.rank + 1) * n].to(self.device),
         )
         # Without them the ratio π/π_old is identically 1 at the only update: old = logps.detach() then.
+        is_stats: dict[str, float] = {}
         if g.num_iterations > 1 or rollouts.sampler_logps is not None:
             with timer("old_logps"):
                 batch.old_logps = self.behaviour_logps(batch, rollouts)
+        if rollouts.sampler_logps is not None:  # another engine (vLLM) sampled: correct its mismatch
+            batch.is_weights, is_stats = importance_weights(
+                batch.old_logps,
+                rollouts.sampler_logps.to(self.device),
+                batch.completion_mask,
+                level=g.importance_level,
+                cap=g.importance_cap,
+                mode=g.importance_mode,
+            )
         if self.ref_model is not None:
             with timer("ref_logps"):
                 batch.ref_logps = self._logps_no_grad(self.ref_model, batch)
@@ -314,14 +326,14 @@ class GRPOTrainer:
 
         times = {f"time/{k}": v for k, v in timer.times.items()}
         times["time/step"] = time.perf_counter() - t_step
-        return self._step_metrics(rollouts, scores.metrics, rewards_all, update_stats, times)
+        return self._step_metrics(rollouts, {**scores.metrics, **is_stats}, rewards_all, update_stats, times)
 
     def behaviour_logps(self, batch: _Batch, rollouts: Rollouts) -> Tensor:
         """log π_old [N, C] of the sampled tokens: the policy's, recomputed before the first update.
 
         Needed when μ > 1 (later updates move away from the sampling policy) or when a separate engine sampled
-        (``rollouts.sampler_logps``). In that case the engine's log-probs are the behaviour policy of the
-        truncated importance correction (vLLM issue); that correction plugs in here.
+        (``rollouts.sampler_logps``); then the engine's log-probs are the behaviour policy μ and the loss is
+        reweighted by the truncated importance weights π_old/μ (``grpo.importance``).
         """
         return self._logps_no_grad(self.policy, batch)
 
@@ -380,6 +392,7 @@ class GRPOTrainer:
                 aggregation=g.loss_aggregation,
                 max_completion_length=self.cfg.generation.max_new_tokens,
                 normalizer=normalizer,
+                token_weights=None if batch.is_weights is None else batch.is_weights[rows, :c],
             )
             loss.backward()
             k = float(cmask.sum())

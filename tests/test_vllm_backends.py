@@ -4,6 +4,7 @@ not needed (the GPU paths are exercised in bench/generate.py where CUDA and vLLM
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import socket
 from collections.abc import Iterable, Sequence
@@ -12,15 +13,19 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from grpo.importance import importance_weights
+from grpo.logprobs import token_logprobs
+from grpo.rollouts import Rollouts
 from grpo.serve import create_app
+from grpo.trainer import GRPOTrainer
 from grpo.vllm_engine import Sample, Sampling, samples_to_rollouts
 from grpo.vllm_generation import EngineGenerator, ServerError, ServerGenerator
+from tests.grpo_fixtures import ScriptedGenerator, TokenSetScorer, one_thread, prompts, tiny_llama, training_config
 
 STOP = 3
 PAD = 0
+__all__ = ["one_thread"]  # a fixture, imported for its name
 
 
 class FakeEngine:
@@ -48,20 +53,6 @@ class FakeEngine:
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.loaded.append({k: v.clone() for k, v in weights})
-
-
-def _tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(cfg)
 
 
 # ---- importance sampling ------------------------------------------------------------------------------------
@@ -128,7 +119,7 @@ def test_samples_to_rollouts_pads_and_keeps_logprobs():
 
 
 def test_colocated_sync_hands_over_every_weight():
-    engine, model = FakeEngine(), _tiny_llama()
+    engine, model = FakeEngine(), tiny_llama()
     gen = EngineGenerator(engine, Sampling(max_new_tokens=3, stop_ids=(STOP,)), pad_id=PAD)
     with torch.no_grad():
         model.model.norm.weight.add_(1.0)
@@ -156,7 +147,7 @@ def test_server_generates_and_syncs_weights(served, tmp_path):
     r = gen.generate([[5, 6]], 2)
     assert r.completion_lists()[1] == [10, 12, 7]
     assert engine.calls[0] == (2, sampling)  # sampling parameters arrive unchanged
-    model = _tiny_llama()
+    model = tiny_llama()
     gen.sync_weights(model)
     assert set(engine.loaded[-1]) == set(model.state_dict())
     assert torch.equal(engine.loaded[-1]["lm_head.weight"], model.lm_head.weight)
@@ -194,3 +185,41 @@ def test_unreachable_server_is_a_clear_error():
         port = s.getsockname()[1]
     with pytest.raises(ServerError, match=r"unreachable after 1 tries.*grpo.serve"):
         ServerGenerator(f"http://127.0.0.1:{port}", Sampling(max_new_tokens=2), pad_id=PAD, retries=0)
+
+
+# ---- the trainer with an engine's log-probs --------------------------------------------------------------------
+
+
+class _MismatchedEngine:
+    """Scripted completions whose sampler log-probs are the policy's own + ``shift`` (an engine that rates
+    every sampled token e^shift times more likely than the trainer does)."""
+
+    def __init__(self, policy: torch.nn.Module, shift: float) -> None:
+        self.inner, self.policy, self.shift = ScriptedGenerator(), policy, shift
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], group_size: int) -> Rollouts:
+        r = self.inner.generate(prompt_ids, group_size)
+        ids = torch.cat([r.prompt_ids, r.completion_ids], dim=1)
+        mask = torch.cat([r.prompt_mask, r.completion_mask], dim=1)
+        with torch.no_grad():
+            logps = token_logprobs(self.policy.eval(), ids, mask, r.completion_ids.shape[1])
+        return dataclasses.replace(r, sampler_logps=(logps + self.shift) * r.completion_mask)
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("shift", "ratio"), [(0.0, 1.0), (math.log(2.0), 0.5)])
+def test_trainer_reweights_by_the_engine_mismatch(tmp_path, one_thread, shift, ratio):
+    def step(generator_for: Any) -> dict[str, float]:
+        model = tiny_llama(seed=1)
+        cfg = training_config(tmp_path, optim={"max_grad_norm": 0.0})
+        trainer = GRPOTrainer(model, generator_for(model), TokenSetScorer(range(2, 10)), prompts(4), cfg, pad_id=PAD)
+        return trainer.train_step()
+
+    base = step(lambda _model: ScriptedGenerator())
+    corrected = step(lambda model: _MismatchedEngine(model, shift))
+    # An engine that agrees with the trainer changes nothing; one that over-rates every sampled token ×2 gets
+    # weights π_old/μ = 1/2, which halves the gradient.
+    assert corrected["is/ratio_mean"] == pytest.approx(ratio, rel=1e-4)
+    assert corrected["grad_norm"] == pytest.approx(ratio * base["grad_norm"], rel=1e-3)
