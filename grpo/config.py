@@ -312,6 +312,10 @@ class GenerationConfig:
     vllm_dtype: str = "bfloat16"
     server_url: str = "http://127.0.0.1:8000"  # vllm_server
     server_timeout_s: float = 600.0
+    # Sample the next step while this one is scored and trained (one step off-policy, corrected by the
+    # importance weights) and score while the log-probs are computed. Only with vllm_server: the other
+    # backends sample from the very weights being updated.
+    overlap: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -328,6 +332,8 @@ class GenerationConfig:
             raise FieldError("batch_size", self.batch_size, "must be >= 0 (0: the whole step in one call)")
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise FieldError("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, "must lie in (0, 1]")
+        if self.overlap and self.backend != "vllm_server":
+            raise FieldError("overlap", self.overlap, f"needs backend = 'vllm_server', not {self.backend!r}")
         if not self.server_timeout_s > 0:
             raise FieldError("server_timeout_s", self.server_timeout_s, "must be > 0")
 

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,7 @@ class _Batch:
     prompt_mask: Tensor  # [N, P]
     completion_ids: Tensor  # [N, C]
     completion_mask: Tensor  # [N, C] float
-    advantages: Tensor  # [N]
+    advantages: Tensor | None = None  # [N], set once the rewards are in
     old_logps: Tensor | None = None  # [N, C]
     ref_logps: Tensor | None = None  # [N, C]
     is_weights: Tensor | None = None  # [N, C] truncated importance weights π_old/μ when another engine sampled
@@ -256,6 +257,10 @@ class GRPOTrainer:
             self.optimizer, lr_lambda(total, warmup, o.schedule, o.min_lr_ratio)
         )
         self.step = 0
+        self.data_state = self.sampler.state_dict()  # data position after the last completed step's prompts
+        # generation.overlap: one thread samples the next step, one scores, while this thread trains.
+        self._pool = ThreadPoolExecutor(max_workers=2) if config.generation.overlap else None
+        self._pending: Future[Rollouts] | None = None
         self.last_rollouts: Rollouts | None = None  # this rank's latest step, for samples and tests
         self.last_scores: Scores | None = None
 
@@ -269,34 +274,24 @@ class GRPOTrainer:
         t_step = time.perf_counter()
         self.policy.train()
 
-        # 1. This rank's whole groups: the step's prompts are drawn globally, rank r takes the r-th share.
-        per_rank = g.prompts_per_step
-        chosen = self.sampler.take(per_rank * self.dist.world_size)
-        prompts = [self.prompts[i] for i in chosen[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]]
+        # 1. This rank's whole groups (with generation.overlap they were sampled while the last step trained).
         with timer("generate"):
-            rollouts = self.generator.generate([p.ids for p in prompts], g.group_size)
-        rollouts = dataclasses.replace(rollouts, meta=tuple(p.meta for p in prompts for _ in range(g.group_size)))
-
-        # 2. Rewards, where the completions are.
-        with timer("score"):
-            scores = self.scorer.score(rollouts)
-        if scores.rewards.shape != (len(rollouts),):
-            raise ValueError(
-                f"[grpo] scorer returned rewards of shape {tuple(scores.rewards.shape)}, expected ({len(rollouts)},)"
-            )
-
-        # 3. Advantages over every rank's groups (groups are never split; batch scaling sees the whole batch).
-        rewards_all = dist.all_gather(scores.rewards.float().cpu())  # [world · N]
-        adv_all = group_advantages(rewards_all, g.group_size, g.advantage_scale, g.advantage_eps)
+            rollouts = self._rollouts()
         n = len(rollouts)
         batch = _Batch(
             prompt_ids=rollouts.prompt_ids.to(self.device),
             prompt_mask=rollouts.prompt_mask.long().to(self.device),
             completion_ids=rollouts.completion_ids.to(self.device),
             completion_mask=rollouts.completion_mask.float().to(self.device),
-            advantages=adv_all[self.dist.rank * n : (self.dist.rank + 1) * n].to(self.device),
         )
-        # Without them the ratio π/π_old is identically 1 at the only update: old = logps.detach() then.
+
+        # 2. Rewards, where the completions are; with overlap, scored (e.g. on the transcription service's GPU)
+        #    while this GPU computes the log-probs below, which do not depend on them.
+        scoring = self._pool.submit(self._score, rollouts, timer) if self._pool else None
+        scores = None if scoring else self._score(rollouts, timer)
+
+        # 3. Log-probs of the sampling policy only when needed: without them π/π_old ≡ 1 at the only update,
+        #    and old = logps.detach() then. Reference log-probs only when β > 0.
         is_stats: dict[str, float] = {}
         if g.num_iterations > 1 or rollouts.sampler_logps is not None:
             with timer("old_logps"):
@@ -314,6 +309,12 @@ class GRPOTrainer:
             with timer("ref_logps"):
                 batch.ref_logps = self._logps_no_grad(self.ref_model, batch)
 
+        # Advantages over every rank's groups (groups are never split; batch scaling sees the whole batch).
+        scores = scoring.result() if scoring else scores
+        rewards_all = dist.all_gather(scores.rewards.float().cpu())  # [world · N]
+        adv_all = group_advantages(rewards_all, g.group_size, g.advantage_scale, g.advantage_eps)
+        batch.advantages = adv_all[self.dist.rank * n : (self.dist.rank + 1) * n].to(self.device)
+
         # 4. μ optimizer updates, each over the whole batch in micro-batches. The normaliser is that of the
         #    whole step on all ranks, so Σ (micro-batch losses) over ranks is the full-batch loss.
         normalizer = dist.all_reduce_sum(loss_normalizer(batch.completion_mask, g.loss_aggregation, gen.max_new_tokens))
@@ -327,6 +328,43 @@ class GRPOTrainer:
         times = {f"time/{k}": v for k, v in timer.times.items()}
         times["time/step"] = time.perf_counter() - t_step
         return self._step_metrics(rollouts, {**scores.metrics, **is_stats}, rewards_all, update_stats, times)
+
+    def _take_prompts(self) -> list[Prompt]:
+        """The step's prompts are drawn globally (same order on every rank); rank r takes the r-th share."""
+        per_rank = self.cfg.grpo.prompts_per_step
+        chosen = self.sampler.take(per_rank * self.dist.world_size)
+        return [self.prompts[i] for i in chosen[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]]
+
+    def _generate(self, prompts: list[Prompt]) -> Rollouts:
+        g = self.cfg.grpo.group_size
+        rollouts = self.generator.generate([p.ids for p in prompts], g)
+        return dataclasses.replace(rollouts, meta=tuple(p.meta for p in prompts for _ in range(g)))
+
+    def _rollouts(self) -> Rollouts:
+        """This step's rollouts. With ``generation.overlap`` the next step's generation is started before this
+        one trains, so it samples from weights one update older (the importance weights correct for that).
+        ``data_state`` is the data position *before* any prefetch: a checkpoint resumes with the next step's
+        prompts, which are then generated again."""
+        if self._pool is None:
+            rollouts = self._generate(self._take_prompts())
+            self.data_state = self.sampler.state_dict()
+            return rollouts
+        if self._pending is None:  # first step, or just resumed
+            self._pending = self._pool.submit(self._generate, self._take_prompts())
+        rollouts, self._pending = self._pending.result(), None
+        self.data_state = self.sampler.state_dict()
+        if self.step + 1 < self.cfg.run.max_steps:
+            self._pending = self._pool.submit(self._generate, self._take_prompts())
+        return rollouts
+
+    def _score(self, rollouts: Rollouts, timer: _Timer) -> Scores:
+        with timer("score"):
+            scores = self.scorer.score(rollouts)
+        if scores.rewards.shape != (len(rollouts),):
+            raise ValueError(
+                f"[grpo] scorer returned rewards of shape {tuple(scores.rewards.shape)}, expected ({len(rollouts)},)"
+            )
+        return scores
 
     def behaviour_logps(self, batch: _Batch, rollouts: Rollouts) -> Tensor:
         """log π_old [N, C] of the sampled tokens: the policy's, recomputed before the first update.
@@ -342,7 +380,7 @@ class GRPOTrainer:
         was_training = model.training
         model.eval()
         out = torch.zeros_like(batch.completion_mask)
-        for rows in self._micro_slices(len(batch.advantages)):
+        for rows in self._micro_slices(len(batch.completion_ids)):
             ids, mask, _, c = batch.micro_batch(rows)
             with self.autocast():
                 out[rows, :c] = token_logprobs(
@@ -366,7 +404,7 @@ class GRPOTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
         tokens = 0.0
-        for rows in self._micro_slices(len(batch.advantages)):
+        for rows in self._micro_slices(len(batch.completion_ids)):
             ids, mask, cmask, c = batch.micro_batch(rows)
             with self.autocast():
                 out = token_logprobs(
@@ -462,13 +500,14 @@ class GRPOTrainer:
             scheduler=self.scheduler,
             tokenizer=self.tokenizer,
             keep_last=self.cfg.run.keep_last,
-            state={"data": self.sampler.state_dict()},
+            state={"data": self.data_state},
         )
 
     def load(self, checkpoint: str | Path) -> None:
         state = load_checkpoint(checkpoint, model=self.policy, optimizer=self.optimizer, scheduler=self.scheduler)
         self.step = int(state["step"])
         self.sampler.load_state_dict(state["data"])
+        self.data_state = self.sampler.state_dict()
         self.generator.sync_weights(self.policy)
 
     def train(self, resume: str | Path | None = None) -> TrainResult:
@@ -502,6 +541,9 @@ class GRPOTrainer:
                     if interrupted:
                         break
         finally:
+            if self._pending is not None:  # interrupted with a prefetch in flight: it is regenerated on resume
+                self._pending.cancel()
+                self._pending = None
             bar.close()
             logger.close()
         return TrainResult(self.run_dir, start, self.step, interrupted and self.step < r.max_steps, checkpoint)

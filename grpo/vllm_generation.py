@@ -78,12 +78,13 @@ class ServerGenerator:
             )
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], group_size: int) -> Rollouts:
+        expected = self.weights_version  # read first: with overlap, sync_weights may run during the request
         body = {"prompt_ids": [list(p) for p in prompt_ids], "n": group_size, "sampling": self.sampling.to_dict()}
         reply = self._call("POST", "/generate", json=body)
-        if reply.get("weights_version") != self.weights_version:
+        if reply.get("weights_version") != expected:
             raise ServerError(
                 f"[grpo] generation server {self.url} holds weights version {reply.get('weights_version')}, "
-                f"the trainer expects {self.weights_version}: was it restarted? Restart training with --resume."
+                f"the trainer expects {expected}: was it restarted? Restart training with --resume."
             )
         samples = [
             [Sample(tuple(s["token_ids"]), tuple(s["logprobs"]), bool(s["finished"])) for s in group]

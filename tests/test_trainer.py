@@ -203,3 +203,61 @@ def test_train_cli_tiny_run_and_resume(tmp_path, capsys):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all("asr/wer" in r for r in rows)
     assert (tmp_path / "config.resolved.toml").is_file() and (tmp_path / "checkpoint-2" / "model.safetensors").is_file()
+
+
+class _SigtermAt(TokenSetScorer):
+    """Sends this process SIGTERM while scoring call ``n`` (the run then stops as a user's would)."""
+
+    def __init__(self, n: int | None) -> None:
+        super().__init__(SCORER_TARGET)
+        self.n, self.calls = n, 0
+
+    def score(self, rollouts):
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().score(rollouts)
+
+
+class _RecordingGenerator(ScriptedGenerator):
+    """Scripted data (independent of the weights) that records which prompts it was asked for, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[list[tuple[int, ...]]] = []
+
+    def generate(self, prompt_ids, group_size):
+        self.asked.append([tuple(p) for p in prompt_ids])
+        return super().generate(prompt_ids, group_size)
+
+
+def test_overlap_prefetches_the_next_step_and_resumes_without_skipping_data(tmp_path):
+    """With overlap the next step is generated while this one trains; with data that do not depend on the
+    weights the updates equal the sequential run's, and a checkpoint taken with a prefetch in flight resumes
+    at the prefetched prompts (they are generated again) rather than after them."""
+    overlap = {"backend": "vllm_server", "overlap": True}
+
+    def run(out, generation, resume=None, stop_at_score=None):
+        gen = _RecordingGenerator()
+        trainer = _trainer(
+            out,
+            model=tiny_llama(seed=3),
+            generator=gen,
+            scorer=_SigtermAt(stop_at_score),
+            generation=generation,
+            run={"max_steps": 4, "save_every": 0, "seed": 5},
+        )
+        result = trainer.train(resume=resume)
+        return trainer, gen, result
+
+    sequential, seq_gen, _ = run(tmp_path / "seq", {})
+    overlapped, ovl_gen, _ = run(tmp_path / "ovl", overlap)
+    assert ovl_gen.asked == seq_gen.asked  # same prompts, same order, nothing fetched past the last step
+    for p, q in zip(sequential.policy.parameters(), overlapped.policy.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+
+    # SIGTERM while step 2 is scored: step 3's prompts are already being generated when checkpoint-2 is written.
+    _, first_gen, first = run(tmp_path / "res", overlap, stop_at_score=2)
+    assert first.interrupted and first.step == 2 and len(first_gen.asked) == 3
+    _, resumed_gen, _ = run(tmp_path / "res", overlap, resume=first.checkpoint)
+    assert first_gen.asked[:2] + resumed_gen.asked == seq_gen.asked  # step 3's prompts generated again

@@ -21,11 +21,17 @@ from grpo.serve import create_app
 from grpo.trainer import GRPOTrainer
 from grpo.vllm_engine import Sample, Sampling, samples_to_rollouts
 from grpo.vllm_generation import EngineGenerator, ServerError, ServerGenerator
-from tests.grpo_fixtures import ScriptedGenerator, TokenSetScorer, one_thread, prompts, tiny_llama, training_config
+from tests.grpo_fixtures import (  # noqa: F401 (one_thread: a fixture)
+    ScriptedGenerator,
+    TokenSetScorer,
+    one_thread,
+    prompts,
+    tiny_llama,
+    training_config,
+)
 
 STOP = 3
 PAD = 0
-__all__ = ["one_thread"]  # a fixture, imported for its name
 
 
 class FakeEngine:
@@ -209,8 +215,9 @@ class _MismatchedEngine:
         pass
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(("shift", "ratio"), [(0.0, 1.0), (math.log(2.0), 0.5)])
-def test_trainer_reweights_by_the_engine_mismatch(tmp_path, one_thread, shift, ratio):
+def test_trainer_reweights_by_the_engine_mismatch(tmp_path, shift, ratio):
     def step(generator_for: Any) -> dict[str, float]:
         model = tiny_llama(seed=1)
         cfg = training_config(tmp_path, optim={"max_grad_norm": 0.0})
