@@ -17,9 +17,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo.config import GenerationConfig
+from grpo.engine import Sampling, VLLMEngine, VLLMSettings
+from grpo.engine_generation import EngineGenerator
 from grpo.generation import HFGenerator
-from grpo.vllm_engine import Sampling, VLLMEngine, VLLMSettings
-from grpo.vllm_generation import EngineGenerator
 
 
 def main() -> None:

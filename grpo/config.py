@@ -352,7 +352,7 @@ class GRPOConfig:
     advantage_scale: Literal["group", "batch", "none"] = "group"  # divide by the group's / batch's std, or not
     advantage_eps: float = 1e-4
     loss_aggregation: Literal["token", "sequence", "constant"] = "token"
-    logprob_chunk_tokens: int = 1024  # positions per lm_head chunk when computing log-probs (memory bound)
+    logprob_chunk_tokens: int = 256  # lm_head positions per chunk for log-probs; peak memory ∝ chunk (bench/)
     # Truncated importance sampling against the sampler's log-probs (vLLM backends; grpo/importance.py)
     importance_level: Literal["token", "sequence"] = "token"
     importance_cap: float = 3.0  # C: weights above it are truncated to C (or masked)

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
-from grpo.vllm_engine import Engine, Sampling, VLLMEngine, VLLMSettings
+from grpo.engine import Engine, HFEngine, Sampling, VLLMEngine, VLLMSettings
 
 
 class GenerateRequest(BaseModel):
@@ -91,18 +91,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="hf: transformers, for CPU checks")
     args = p.parse_args(argv)
     import uvicorn
 
-    settings = VLLMSettings(
-        model=args.model,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        dtype=args.dtype,
-        max_model_len=args.max_model_len,
-        seed=args.seed,
-        in_process=True,  # the server process owns the engine; weights loaded from files
-    )
-    uvicorn.run(create_app(VLLMEngine(settings)), host=args.host, port=args.port)
+    if args.engine == "hf":
+        engine: Engine = HFEngine(args.model, seed=args.seed)
+    else:
+        settings = VLLMSettings(
+            model=args.model,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            seed=args.seed,
+            in_process=True,  # the server process owns the engine; weights arrive as files
+        )
+        engine = VLLMEngine(settings)
+    uvicorn.run(create_app(engine), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -7,20 +7,25 @@ from __future__ import annotations
 import dataclasses
 import math
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import httpx
 import pytest
 import torch
+import transformers
 from fastapi.testclient import TestClient
 
+from grpo.engine import Sample, Sampling, samples_to_rollouts
+from grpo.engine_generation import EngineGenerator, ServerError, ServerGenerator
 from grpo.importance import importance_weights
 from grpo.logprobs import token_logprobs
 from grpo.rollouts import Rollouts
 from grpo.serve import create_app
 from grpo.trainer import GRPOTrainer
-from grpo.vllm_engine import Sample, Sampling, samples_to_rollouts
-from grpo.vllm_generation import EngineGenerator, ServerError, ServerGenerator
 from tests.grpo_fixtures import (  # noqa: F401 (one_thread: a fixture)
     ScriptedGenerator,
     TokenSetScorer,
@@ -230,3 +235,68 @@ def test_trainer_reweights_by_the_engine_mismatch(tmp_path, shift, ratio):
     # weights π_old/μ = 1/2, which halves the gradient.
     assert corrected["is/ratio_mean"] == pytest.approx(ratio, rel=1e-4)
     assert corrected["grad_norm"] == pytest.approx(ratio * base["grad_norm"], rel=1e-3)
+
+
+# ---- the server path end to end: a real server process (transformers engine) on 127.0.0.1 -------------------
+
+
+@pytest.fixture
+def served_tiny(tmp_path):
+    """`python -m grpo.serve --engine hf` on a free port, serving a saved tiny Llama."""
+    model_dir = tmp_path / "model"
+    tiny_llama(seed=4).save_pretrained(model_dir)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "grpo.serve", "--engine", "hf", "--model", str(model_dir), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"grpo.serve exited: {proc.stderr.read()}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        yield url, model_dir
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_server_backend_trains_with_synced_weights(tmp_path, served_tiny):
+    """Trainer ↔ real server process: the server's log-probs match the trainer's at every step (weights are
+    synced after each update); with overlap the prefetched step was sampled one update earlier, which the
+    importance statistics show."""
+    url, model_dir = served_tiny
+    sampling = Sampling(max_new_tokens=8, temperature=1.0, stop_ids=(1,))
+
+    def trainer(overlap: bool) -> GRPOTrainer:
+        cfg = training_config(
+            tmp_path / f"run-{overlap}",
+            generation={"backend": "vllm_server", "overlap": overlap},
+            optim={"lr": 5e-2},
+            run={"max_steps": 3},
+        )
+        gen = ServerGenerator(url, sampling, pad_id=PAD, vocab_size=32)
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+        t = GRPOTrainer(model, gen, TokenSetScorer(range(2, 10)), prompts(4), cfg, pad_id=PAD)
+        t.generator.sync_weights(t.policy)  # a fresh trainer: the server may hold another run's weights
+        return t
+
+    t = trainer(overlap=False)
+    steps = [t.train_step() for _ in range(2)]
+    assert all(m["is/abs_logp_diff_max"] < 1e-3 for m in steps), [m["is/abs_logp_diff_max"] for m in steps]
+    assert not torch.equal(t.policy.model.norm.weight, tiny_llama(seed=4).model.norm.weight)  # it trained
+
+    t = trainer(overlap=True)
+    first = t.train_step()
+    t.step += 1
+    second = t.train_step()  # sampled with the weights from before the first update
+    assert first["is/abs_logp_diff_max"] < 1e-3
+    assert second["is/abs_logp_diff_mean"] > 10 * first["is/abs_logp_diff_mean"]

@@ -1,4 +1,4 @@
-"""The vLLM backends of the ``Generator`` interface.
+"""The engine backends of the ``Generator`` interface (vLLM on a GPU; ``HFEngine`` for CPU checks).
 
 - ``vllm_colocate``: a vLLM engine in the training process, on the training GPU. After each optimizer step the
   policy's tensors are handed to it by reference (``Engine.load_weights``) and its prefix cache is reset.
@@ -24,8 +24,8 @@ import httpx
 from safetensors.torch import save_file
 from torch import nn
 
+from grpo.engine import Engine, Sample, Sampling, named_weights, samples_to_rollouts
 from grpo.rollouts import Rollouts
-from grpo.vllm_engine import Engine, Sample, Sampling, named_weights, samples_to_rollouts
 
 
 class EngineGenerator:

@@ -1,8 +1,9 @@
-"""vLLM as a sampling engine: the pieces shared by the colocated backend and the generation server.
+"""Sampling engines behind one small interface, shared by the colocated backend and the generation server.
 
-``VLLMEngine`` wraps ``vllm.LLM`` behind the small ``Engine`` interface (generate token ids with their
-log-probs, load new weights); ``samples_to_rollouts`` turns what any engine returns into ``Rollouts``.
-vLLM is imported lazily: this module imports on machines without it, and the CPU tests use a fake engine.
+An ``Engine`` generates token ids with the log-probs of the distribution that sampled them and loads new
+weights. ``VLLMEngine`` wraps ``vllm.LLM`` (imported lazily: this module imports on machines without vLLM);
+``HFEngine`` does the same with ``transformers`` so that the server path runs, and is tested, on a CPU.
+``samples_to_rollouts`` turns what any engine returns into ``Rollouts``.
 """
 
 from __future__ import annotations
@@ -102,6 +103,66 @@ def samples_to_rollouts(
         finished=torch.tensor([s.finished for s in flat], dtype=torch.bool),
         sampler_logps=logps,
     )
+
+
+class HFEngine:
+    """``Engine`` over a transformers causal LM: ``generate`` with the processed scores (after temperature,
+    top-k/top-p and repetition penalty), so its log-probs are those of the sampling distribution, as vLLM's
+    ``processed_logprobs``. Slow; for the server path on machines without vLLM, and for tests."""
+
+    def __init__(self, model_path: str, *, device: str = "cpu", seed: int = 0) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.model_path = model_path
+        self.model = AutoModelForCausalLM.from_pretrained(model_path).to(device).eval()
+        self.device = device
+        torch.manual_seed(seed)
+
+    def info(self) -> dict[str, Any]:
+        return {"model": self.model_path, "vocab_size": int(self.model.get_output_embeddings().weight.shape[0])}
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[list[Sample]]:
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        pad = sampling.stop_ids[0] if sampling.stop_ids else 0
+        rows = [list(p) for p in prompt_ids for _ in range(n)]
+        ids, mask = left_pad(rows, pad)
+        config = HFGenerationConfig(
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            repetition_penalty=sampling.repetition_penalty,
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=list(sampling.stop_ids) or None,
+            pad_token_id=pad,
+        )
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        out = self.model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            generation_config=config,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        new = out.sequences[:, ids.shape[1] :].cpu()  # [N, T]
+        scores = torch.stack(out.scores, dim=1).float().cpu()  # [N, T, V] processed logits
+        logps = scores.log_softmax(-1).gather(-1, new[..., None])[..., 0]  # [N, T]
+        samples = []
+        for row, lp in zip(new.tolist(), logps.tolist(), strict=True):
+            stop = next((i for i, t in enumerate(row) if t in sampling.stop_ids), None)
+            end = len(row) if stop is None else stop + 1
+            samples.append(Sample(tuple(row[:end]), tuple(lp[:end]), stop is not None))
+        return [samples[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
+
+    def load_weights(self, weights: Iterable[tuple[str, Tensor]]) -> None:
+        state = dict(weights)
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k != "lm_head.weight"]  # a tied head may be sent under one name only
+        if missing or unexpected:
+            raise KeyError(f"not the weights of {self.model_path}: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
 @dataclass(frozen=True)
