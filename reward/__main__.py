@@ -9,32 +9,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
+import tomllib
 from pathlib import Path
 from typing import Any
 
+from grpo.config import ConfigError, from_dict
 from reward.config import RewardConfig, TranscriberConfig
 
 
-def _table(cls: type, table: dict[str, Any], source: str) -> Any:
-    """Minimal TOML-table → dataclass (to be replaced by the shared loader): unknown keys are errors."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise SystemExit(f"[reward] {source}: unknown keys {unknown}; known: {sorted(known)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in table.items()})
-
-
 def load_configs(path: Path | None) -> tuple[RewardConfig, TranscriberConfig]:
+    """The ``[reward]`` and ``[transcriber]`` tables of a training config, checked by the shared loader."""
     if path is None:
         return RewardConfig(), TranscriberConfig()
-    import tomllib  # Python ≥ 3.11; the shared config loader replaces this helper
-
-    data = tomllib.loads(path.read_text())
-    return (
-        _table(RewardConfig, data.get("reward", {}), f"{path} [reward]"),
-        _table(TranscriberConfig, data.get("transcriber", {}), f"{path} [transcriber]"),
-    )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return (
+            from_dict(RewardConfig, data.get("reward", {}), source=f"{path} [reward]"),
+            from_dict(TranscriberConfig, data.get("transcriber", {}), source=f"{path} [transcriber]"),
+        )
+    except (OSError, tomllib.TOMLDecodeError, ConfigError) as e:
+        raise SystemExit(f"[reward] --config {path}: {e}") from None
 
 
 def read_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -77,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     from reward.transcribe import make_transcriber
     from tts.audio import load_audio
 
-    audios = [load_audio(r["audio"], sample_rate=16000) for r in rows]
+    try:
+        audios = [load_audio(r["audio"], sample_rate=16000) for r in rows]
+    except ValueError as e:  # names the file
+        raise SystemExit(str(e)) from None
     results = score_audio(rows, audios, make_transcriber(transcriber_cfg), reward_cfg, args.rate_band)
     for row, result in zip(rows, results, strict=True):
         print(json.dumps({"audio": row["audio"], **result}, ensure_ascii=False))
