@@ -111,7 +111,7 @@ def report(result: TrainResult, args: argparse.Namespace, seconds: float) -> str
         f"  run folder   {run}  (resolved config: {run / RESOLVED_CONFIG})",
         f"  metrics      {run / METRICS_FILE}" + ("  + tensorboard/" if (run / "tensorboard").is_dir() else ""),
         f"  samples      {run / 'samples'}" if (run / "samples").is_dir() else "  samples      none written",
-        f"  checkpoint   {result.checkpoint}",
+        f"  checkpoint   {result.checkpoint or 'none written'}",
     ]
     if result.interrupted:
         cmd = ["python", "train.py", "--config", args.config, *(a for s in args.set for a in ("--set", s))]

@@ -7,7 +7,8 @@
         trainer_state.json                    step, data position, world size
 
 A checkpoint is written into ``.tmp-checkpoint-<step>`` and renamed when complete, so a crash mid-write never
-leaves a folder that looks whole; only the newest ``keep_last`` are kept.
+leaves a folder that looks whole (a step saved again replaces its folder by renames too); only the newest
+``keep_last`` are kept.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
         (int(m.group(1)), p) for p in run_dir.iterdir() if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()
     ]
     return [p for _, p in sorted(found)]
+
+
+def remove_checkpoints_after(run_dir: str | Path, step: int) -> list[Path]:
+    """Delete the checkpoints of steps after ``step`` (on resume from an older one: an abandoned future that
+    pruning and ``--resume auto`` would otherwise prefer); returns them."""
+    later = [p for p in checkpoint_dirs(run_dir) if int(p.name.removeprefix("checkpoint-")) > step]
+    for p in later:
+        shutil.rmtree(p)
+    return later
 
 
 def find_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
@@ -103,8 +113,10 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
+    replaced = run_dir / f".old-checkpoint-{step}"
     if dist.rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(replaced, ignore_errors=True)
         tmp.mkdir(parents=True)
         if hasattr(model, "save_pretrained"):
             model.save_pretrained(tmp)
@@ -121,9 +133,10 @@ def save_checkpoint(
     torch.save(rng_state(), tmp / f"rng-rank{dist.rank()}.pt")
     dist.barrier()
     if dist.rank() == 0:
-        if final.exists():  # re-saving a step (e.g. the end of a resumed, already finished run)
-            shutil.rmtree(final)
+        if final.exists():  # saving a step again (e.g. resumed from it): swap by renames, then delete the old one
+            final.rename(replaced)
         tmp.rename(final)
+        shutil.rmtree(replaced, ignore_errors=True)
         for old in checkpoint_dirs(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
@@ -159,7 +172,6 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    restore_rng: bool = True,
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and this rank's RNG from ``directory``; return the trainer state."""
     directory = Path(directory)
@@ -170,14 +182,13 @@ def load_checkpoint(
         optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=device, weights_only=True))
     if scheduler is not None:
         scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
-    if restore_rng:
-        rng_file = directory / f"rng-rank{dist.rank()}.pt"
-        if rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=True))
-        else:
-            warnings.warn(
-                f"[grpo] {directory} has no {rng_file.name} (saved with world size {state.get('world_size')}): "
-                "sampling continues from a fresh random state",
-                stacklevel=2,
-            )
+    rng_file = directory / f"rng-rank{dist.rank()}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=True))
+    else:
+        warnings.warn(
+            f"[grpo] {directory} has no {rng_file.name} (saved with world size {state.get('world_size')}): "
+            "sampling continues from a fresh random state",
+            stacklevel=2,
+        )
     return state

@@ -306,7 +306,9 @@ class GenerationConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     repetition_penalty: float = 1.0
-    batch_size: int = 0  # sequences per generate call, in whole groups; 0 = the whole step at once
+    # Sequences per generate call (a memory knob of the hf backend), in whole groups; 0 = the whole step at
+    # once. Not the training batch: that is grpo.batch_size.
+    batch_size: int = 0
     vllm_gpu_memory_utilization: float = 0.3  # vllm_colocate: the engine's share of the training GPU
     vllm_sleep: bool = False  # vllm_colocate: free the engine's GPU memory between generations (sleep mode)
     vllm_dtype: str = "bfloat16"
@@ -343,7 +345,9 @@ class GRPOConfig:
     """One step: ``batch_size / group_size`` prompts × ``group_size`` completions per process, μ updates on them."""
 
     group_size: int = 4  # G completions per prompt
-    batch_size: int = 32  # completions per step and process (= prompts per step × G)
+    # Completions per optimizer step and process (= prompts per step × G). Not generation.batch_size, which
+    # only splits the sampling of these completions into generate calls.
+    batch_size: int = 32
     micro_batch_size: int = 4  # completions per forward/backward (gradient accumulation over the batch)
     num_iterations: int = 1  # μ: optimizer updates per generated batch (> 1 needs the sampling policy's log-probs)
     beta: float = 0.0  # KL weight; 0 loads no reference model
@@ -404,10 +408,12 @@ class OptimConfig:
             raise FieldError("lr", self.lr, "must be > 0")
         if not all(0 <= b < 1 for b in self.betas):
             raise FieldError("betas", self.betas, "each must lie in [0, 1)")
-        if self.weight_decay < 0 or self.adam_eps <= 0 or self.max_grad_norm < 0:
-            raise FieldError(
-                "weight_decay", self.weight_decay, "weight_decay and max_grad_norm must be >= 0, adam_eps > 0"
-            )
+        if self.weight_decay < 0:
+            raise FieldError("weight_decay", self.weight_decay, "must be >= 0")
+        if not self.adam_eps > 0:
+            raise FieldError("adam_eps", self.adam_eps, "must be > 0 (1e-8 is the usual choice)")
+        if self.max_grad_norm < 0:
+            raise FieldError("max_grad_norm", self.max_grad_norm, "must be >= 0 (0 turns clipping off)")
         if not 0 <= self.warmup_ratio < 1:
             raise FieldError("warmup_ratio", self.warmup_ratio, "must lie in [0, 1)")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -222,6 +222,9 @@ class VLLMEngine:
             repetition_penalty=sampling.repetition_penalty,
             max_tokens=sampling.max_new_tokens,
             stop_token_ids=list(sampling.stop_ids),
+            # Stop on our stop ids only: vLLM would also stop at the model's own EOS token, and a completion that
+            # ends without a stop id is rejected by _to_sample.
+            ignore_eos=True,
             logprobs=0,  # the sampled token's own log-prob
             seed=sampling.seed,
             detokenize=False,

@@ -4,7 +4,8 @@
   policy's tensors are handed to it by reference (``Engine.load_weights``) and its prefix cache is reset.
 - ``vllm_server``: a vLLM engine in another process, usually on another GPU (``python -m grpo.serve``). Weights
   travel as one safetensors file in shared memory (``/dev/shm``) that the server loads; the server is checked
-  at start-up to serve a model of the trainer's vocabulary, and every failure names the URL.
+  at start-up to serve a model of the trainer's vocabulary, and every failure names the URL. Under torchrun
+  all ranks share one server: rank 0 uploads the (identical) weights, every rank counts the version.
 
 Both return the engine's log-probs in ``Rollouts.sampler_logps``; the trainer corrects the engine/trainer
 mismatch with truncated importance sampling (``grpo.importance``).
@@ -24,6 +25,7 @@ import httpx
 from safetensors.torch import save_file
 from torch import nn
 
+from grpo import distributed as dist
 from grpo.engine import Engine, Sample, Sampling, named_weights, samples_to_rollouts
 from grpo.rollouts import Rollouts
 
@@ -67,9 +69,8 @@ class ServerGenerator:
         self.sampling, self.pad_id, self.retries = sampling, pad_id, retries
         self.client = client or httpx.Client(base_url=self.url, timeout=timeout_s)
         self.shm_dir = Path(shm_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()))
-        self.weights_version = 0
+        self.weights_version = 0  # of the weights this trainer last pushed; 0 = none yet
         info = self._call("GET", "/info")
-        self.server_model = info.get("model")
         if vocab_size is not None and info.get("vocab_size") != vocab_size:
             raise ServerError(
                 f"[grpo] generation server {self.url} serves {info.get('model')!r} with vocab_size="
@@ -81,10 +82,21 @@ class ServerGenerator:
         expected = self.weights_version  # read first: with overlap, sync_weights may run during the request
         body = {"prompt_ids": [list(p) for p in prompt_ids], "n": group_size, "sampling": self.sampling.to_dict()}
         reply = self._call("POST", "/generate", json=body)
-        if reply.get("weights_version") != expected:
+        version = reply.get("weights_version")
+        # With overlap one update may be pushed while this request waits for the server's lock (under torchrun
+        # another rank's step can end first): that version is the policy the step trains, which is fine.
+        pushed_meanwhile = expected > 0 and version == expected + 1
+        if version != expected and not pushed_meanwhile:
+            if expected == 0:
+                why = "no weights were pushed yet: call sync_weights(model) first (GRPOTrainer.train does)"
+            else:
+                why = (
+                    "the server was restarted or another run pushed weights to it (each run needs its own server): "
+                    "restart training with --resume, which pushes the checkpoint's weights"
+                )
             raise ServerError(
-                f"[grpo] generation server {self.url} holds weights version {reply.get('weights_version')}, "
-                f"the trainer expects {expected}: was it restarted? Restart training with --resume."
+                f"[grpo] generation server {self.url} holds weights version {version}, the trainer expects "
+                f"{expected}: {why}"
             )
         samples = [
             [Sample(tuple(s["token_ids"]), tuple(s["logprobs"]), bool(s["finished"])) for s in group]
@@ -93,6 +105,14 @@ class ServerGenerator:
         return samples_to_rollouts(prompt_ids, samples, group_size, self.pad_id)
 
     def sync_weights(self, model: nn.Module) -> None:
+        """Push ``model``'s weights as the next version. Collective under torchrun (every rank calls it): the
+        ranks hold identical weights, so rank 0 uploads, the others wait for it and advance their version."""
+        if dist.rank() == 0:
+            self._upload(model, self.weights_version + 1)
+        dist.barrier()
+        self.weights_version += 1
+
+    def _upload(self, model: nn.Module, version: int) -> None:
         """Write the weights to shared memory (temporary name, then rename), let the server load them, delete."""
         path = self.shm_dir / f"llasa-grpo-weights-{uuid.uuid4().hex}.safetensors"
         tmp = path.with_suffix(".tmp")
@@ -100,18 +120,18 @@ class ServerGenerator:
         try:
             save_file(_untie(tensors), str(tmp))
             os.replace(tmp, path)
-            self._call("POST", "/update_weights", json={"path": str(path), "version": self.weights_version + 1})
-            self.weights_version += 1
+            self._call("POST", "/update_weights", json={"path": str(path), "version": version})
         finally:
             tmp.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
 
     def _call(self, method: str, route: str, **kwargs: Any) -> dict[str, Any]:
-        """One request with bounded retries on connection errors; HTTP errors are not retried."""
+        """One request, retried only when no connection was made (the server never saw it). A request the
+        server received is never repeated: after a read timeout it is still working on it under its lock."""
         for attempt in range(self.retries + 1):
             try:
                 response = self.client.request(method, route, **kwargs)
-            except httpx.TransportError as e:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 if attempt == self.retries:
                     raise ServerError(
                         f"[grpo] generation server {self.url} unreachable after {self.retries + 1} tries ({e!r}): "
@@ -119,6 +139,16 @@ class ServerGenerator:
                     ) from e
                 time.sleep(min(2.0**attempt, 10.0))
                 continue
+            except httpx.TimeoutException as e:
+                raise ServerError(
+                    f"[grpo] generation server {self.url}{route} gave no answer within the timeout ({e!r}): it may "
+                    "still be working; raise generation.server_timeout_s (e.g. for long max_new_tokens or large "
+                    "batches) and check the server's log"
+                ) from e
+            except httpx.TransportError as e:
+                raise ServerError(
+                    f"[grpo] generation server {self.url}{route} failed mid-request ({e!r}): check the server's log"
+                ) from e
             if response.status_code != 200:
                 raise ServerError(f"[grpo] generation server {self.url}{route}: {response.status_code} {response.text}")
             return response.json()

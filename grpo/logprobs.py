@@ -58,9 +58,14 @@ def _grad_logits_(z: Tensor, targets: Tensor, lse: Tensor, g: Tensor) -> Tensor:
 
 
 def _entropy_(z: Tensor) -> Tensor:
-    """−Σ_v π(v) log π(v) for a chunk's logits z [c, V], which it overwrites with log π."""
-    logp = z.sub_(z.logsumexp(dim=-1, keepdim=True))
-    return -torch.linalg.vecdot(logp.exp(), logp)
+    """H = −Σ_v π(v) log π(v) for a chunk's logits z [c, V], in z's buffer (overwritten, no second [c, V]).
+
+    π = exp(z − max z) / Σ exp(z − max z) in place, then π · log π in place (``xlogy``: 0 · log 0 = 0 where exp
+    underflowed). log π is recomputed from π: its relative rounding error ε adds at most Σ_v π(v) · ε ≈ ε to H.
+    """
+    p = z.sub_(z.amax(dim=-1, keepdim=True)).exp_()
+    p = p.div_(p.sum(dim=-1, keepdim=True))
+    return -p.xlogy_(p).sum(dim=-1)
 
 
 class _SelectiveLogProbs(torch.autograd.Function):

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from grpo import distributed as dist
 from grpo.advantages import group_advantages, zero_spread_fraction
-from grpo.checkpoint import load_checkpoint, save_checkpoint
+from grpo.checkpoint import load_checkpoint, remove_checkpoints_after, save_checkpoint
 from grpo.config import TrainingConfig
 from grpo.importance import importance_weights
 from grpo.logprobs import token_logprobs
@@ -51,7 +51,7 @@ class TrainResult:
     start_step: int
     step: int  # steps completed in total
     interrupted: bool  # stopped by SIGINT/SIGTERM before max_steps
-    checkpoint: Path | None  # the last checkpoint written
+    checkpoint: Path | None  # the run's latest checkpoint: the last one written, else the one resumed from
 
 
 def seed_everything(seed: int) -> None:
@@ -157,7 +157,7 @@ class _Batch:
     advantages: Tensor | None = None  # [N], set once the rewards are in
     old_logps: Tensor | None = None  # [N, C]
     ref_logps: Tensor | None = None  # [N, C]
-    is_weights: Tensor | None = None  # [N, C] truncated importance weights π_old/μ when another engine sampled
+    is_weights: Tensor | None = None  # [N, C] truncated π_old / π_sampler when another engine sampled
 
     def micro_batch(self, rows: slice) -> tuple[Tensor, Tensor, Tensor, int]:
         """(input_ids, attention_mask, completion_mask, C) of ``rows``, cut to their own padding extent."""
@@ -170,14 +170,18 @@ class _Batch:
 
 
 class _Timer:
+    """Wall time per phase. ``sync`` waits for this device's queued kernels so that GPU work is counted in the
+    phase that launched it; phases that launch none (scoring, which may run in another thread while this one
+    trains) must not sync, or they would wait for, and be charged with, the training kernels."""
+
     def __init__(self, device: torch.device) -> None:
         self.device, self.times = device, defaultdict(float)
 
     @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: str, *, sync: bool = True) -> Iterator[None]:
         t0 = time.perf_counter()
         yield
-        if self.device.type == "cuda":
+        if sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.times[name] += time.perf_counter() - t0
 
@@ -258,8 +262,7 @@ class GRPOTrainer:
         )
         self.step = 0
         self.data_state = self.sampler.state_dict()  # data position after the last completed step's prompts
-        # generation.overlap: one thread samples the next step, one scores, while this thread trains.
-        self._pool = ThreadPoolExecutor(max_workers=2) if config.generation.overlap else None
+        self._pool = self._new_pool()
         self._pending: Future[Rollouts] | None = None
         self.last_rollouts: Rollouts | None = None  # this rank's latest step, for samples and tests
         self.last_scores: Scores | None = None
@@ -290,13 +293,16 @@ class GRPOTrainer:
         scoring = self._pool.submit(self._score, rollouts, timer) if self._pool else None
         scores = None if scoring else self._score(rollouts, timer)
 
-        # 3. Log-probs of the sampling policy only when needed: without them π/π_old ≡ 1 at the only update,
-        #    and old = logps.detach() then. Reference log-probs only when β > 0.
+        # 3. log π_old, the policy before this step's updates, only when needed: with μ = num_iterations > 1
+        #    (later updates move away from it), or when another engine sampled. Otherwise π/π_old ≡ 1 at the
+        #    only update and old = logps.detach() there. Reference log-probs only when β > 0.
         is_stats: dict[str, float] = {}
         if g.num_iterations > 1 or rollouts.sampler_logps is not None:
             with timer("old_logps"):
-                batch.old_logps = self.behaviour_logps(batch, rollouts)
-        if rollouts.sampler_logps is not None:  # another engine (vLLM) sampled: correct its mismatch
+                batch.old_logps = self._logps_no_grad(self.policy, batch)  # π_old
+        if rollouts.sampler_logps is not None:
+            # Another engine (vLLM) sampled with its own numerics of π_old (other kernels and precision, maybe one
+            # update behind with overlap): reweight the loss by truncated π_old / π_sampler (grpo.importance).
             batch.is_weights, is_stats = importance_weights(
                 batch.old_logps,
                 rollouts.sampler_logps.to(self.device),
@@ -329,6 +335,11 @@ class GRPOTrainer:
         times["time/step"] = time.perf_counter() - t_step
         return self._step_metrics(rollouts, {**scores.metrics, **is_stats}, rewards_all, update_stats, times)
 
+    def _new_pool(self) -> ThreadPoolExecutor | None:
+        """generation.overlap: one thread samples the next step, one scores, while this thread trains (the
+        threads start on first use)."""
+        return ThreadPoolExecutor(max_workers=2) if self.cfg.generation.overlap else None
+
     def _take_prompts(self) -> list[Prompt]:
         """The step's prompts are drawn globally (same order on every rank); rank r takes the r-th share."""
         per_rank = self.cfg.grpo.prompts_per_step
@@ -358,7 +369,7 @@ class GRPOTrainer:
         return rollouts
 
     def _score(self, rollouts: Rollouts, timer: _Timer) -> Scores:
-        with timer("score"):
+        with timer("score", sync=False):
             scores = self.scorer.score(rollouts)
         if scores.rewards.shape != (len(rollouts),):
             raise ValueError(
@@ -366,17 +377,9 @@ class GRPOTrainer:
             )
         return scores
 
-    def behaviour_logps(self, batch: _Batch, rollouts: Rollouts) -> Tensor:
-        """log π_old [N, C] of the sampled tokens: the policy's, recomputed before the first update.
-
-        Needed when μ > 1 (later updates move away from the sampling policy) or when a separate engine sampled
-        (``rollouts.sampler_logps``); then the engine's log-probs are the behaviour policy μ and the loss is
-        reweighted by the truncated importance weights π_old/μ (``grpo.importance``).
-        """
-        return self._logps_no_grad(self.policy, batch)
-
     @torch.no_grad()
     def _logps_no_grad(self, model: nn.Module, batch: _Batch) -> Tensor:
+        """log-probs [N, C] of the batch's completion tokens under ``model`` (eval mode), 0 beyond each mask."""
         was_training = model.training
         model.eval()
         out = torch.zeros_like(batch.completion_mask)
@@ -476,7 +479,9 @@ class GRPOTrainer:
             last = update_stats[-1]
             local.update({f"loss/last_{k}": v for k, v in last.items() if k not in ("grad_norm", "lr")})
         metrics = dist.all_reduce_mean(local)
-        metrics["loss"] *= self.dist.world_size  # each rank's loss is its share of the global normaliser
+        for key in ("loss", "loss/last_loss"):  # each rank's loss is its share of the global normaliser: sum them
+            if key in metrics:
+                metrics[key] *= self.dist.world_size
         metrics.update(
             {
                 "reward/mean": rewards_all.mean().item(),
@@ -517,13 +522,20 @@ class GRPOTrainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume is not None:
-            self.load(resume)
+            self.load(resume)  # also pushes the checkpoint's weights to the generator
+        else:
+            self.generator.sync_weights(self.policy)  # a server may hold another run's weights (hf: no-op)
         start = self.step
         logger = MetricsLogger(self.run_dir, enabled=main, tensorboard=r.tensorboard)
         logger.truncate_after(self.step)
         bar = Progress(r.max_steps, self.step, enabled=main)
         say = bar.write if main else (lambda _m: None)
-        checkpoint: Path | None = None
+        checkpoint = Path(resume) if resume is not None else None
+        if resume is not None and main:
+            # Checkpoints after the resumed step belong to the abandoned continuation: pruning and
+            # `--resume auto` must not pick them over the steps this run is about to write.
+            if later := remove_checkpoints_after(self.run_dir, self.step):
+                say(f"[grpo] resumed at step {self.step}: removed later checkpoints {', '.join(p.name for p in later)}")
         interrupted = False
         try:
             with _StopOnSignal(say) as stop:
@@ -541,9 +553,13 @@ class GRPOTrainer:
                     if interrupted:
                         break
         finally:
-            if self._pending is not None:  # interrupted with a prefetch in flight: it is regenerated on resume
-                self._pending.cancel()
-                self._pending = None
+            if self._pool is not None:
+                # Interrupted with a prefetch in flight: drop it (a running request cannot be cancelled; its thread
+                # ends with it) and rewind the sampler to its prompts, which a later train() call (fresh pool) or
+                # a resume from the checkpoint generates again.
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool, self._pending = self._new_pool(), None
+                self.sampler.load_state_dict(self.data_state)
             bar.close()
             logger.close()
         return TrainResult(self.run_dir, start, self.step, interrupted and self.step < r.max_steps, checkpoint)

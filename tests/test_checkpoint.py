@@ -4,14 +4,23 @@ import copy
 import json
 import os
 import random
+import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from grpo.checkpoint import checkpoint_dirs, find_checkpoint, rng_state, set_rng_state
+from grpo.checkpoint import (
+    checkpoint_dirs,
+    find_checkpoint,
+    load_model_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from grpo.generation import HFGenerator
 from grpo.trainer import GRPOTrainer
 from tests.grpo_fixtures import (
@@ -41,13 +50,13 @@ class _StopAfter(TokenSetScorer):
         return super().score(rollouts)
 
 
-def _trainer(run_dir, initial, max_steps=4, save_every=3, stop_after=None):
+def _trainer(run_dir, initial, max_steps=4, save_every=3, stop_after=None, keep_last=2):
     """Real sampling (HFGenerator), μ = 2, KL to a reference, warm-up: every piece of state matters."""
     cfg = training_config(
         run_dir,
         grpo={"num_iterations": 2, "beta": 0.05},
         optim={"warmup_ratio": 0.5, "weight_decay": 0.1},
-        run={"max_steps": max_steps, "save_every": save_every, "keep_last": 2, "seed": 7},
+        run={"max_steps": max_steps, "save_every": save_every, "keep_last": keep_last, "seed": 7},
     )
     model = copy.deepcopy(initial)
     gen = HFGenerator(model, cfg.generation, pad_id=PAD, stop_ids=[STOP])
@@ -92,6 +101,60 @@ def test_checkpoint_is_a_transformers_model_folder_and_old_ones_are_pruned(tmp_p
     assert find_checkpoint("auto", tmp_path / "empty") is None
     with pytest.raises(FileNotFoundError, match="no checkpoint-<step> folder"):
         find_checkpoint(str(tmp_path / "empty"), "unused")
+
+
+def test_resuming_an_older_checkpoint_drops_the_abandoned_later_ones(tmp_path, capsys):
+    """Resumed at step 1 of a run that reached 3: checkpoints 2 and 3 are the abandoned continuation. Left,
+    `--resume auto` would pick it, and pruning (keep_last) would delete the new steps before it."""
+    initial = tiny_llama(seed=2)
+    _trainer(tmp_path, initial, max_steps=3, save_every=1, keep_last=3).train()
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    capsys.readouterr()
+
+    resumed = _trainer(tmp_path, initial, max_steps=3, save_every=1, stop_after=1, keep_last=3)
+    result = resumed.train(resume=tmp_path / "checkpoint-1")  # SIGTERM during its first step (step 2)
+    assert result.interrupted and result.step == 2
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["checkpoint-1", "checkpoint-2"]
+    assert find_checkpoint("auto", tmp_path) == tmp_path / "checkpoint-2"
+    assert "resumed at step 1: removed later checkpoints checkpoint-2, checkpoint-3" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+
+    # Resuming a run that is already finished trains nothing and reports the checkpoint it resumed from.
+    done = _trainer(tmp_path, initial, max_steps=2).train(resume=tmp_path / "checkpoint-2")
+    assert (done.step, done.start_step, done.checkpoint) == (2, 2, tmp_path / "checkpoint-2")
+
+
+def test_saving_a_step_again_never_leaves_it_broken(tmp_path, monkeypatch):
+    """The old copy of a step saved again is renamed away before the new one takes its name, so a crash while
+    it is deleted leaves the new copy whole (deleting first would leave a weightless checkpoint-1 that still
+    looks complete)."""
+    model = tiny_llama(seed=1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _s: 1.0)
+    save = lambda: save_checkpoint(tmp_path, 1, model=model, optimizer=optimizer, scheduler=scheduler, state={})  # noqa: E731
+    save()
+    with torch.no_grad():
+        model.model.norm.weight.add_(1.0)
+    real_rmtree = shutil.rmtree
+
+    def killed_while_deleting(path, *args, **kwargs):
+        weights = Path(path) / "model.safetensors"
+        if weights.is_file():
+            weights.unlink()
+            raise KeyboardInterrupt
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr("grpo.checkpoint.shutil.rmtree", killed_while_deleting)
+    with pytest.raises(KeyboardInterrupt):
+        save()
+    monkeypatch.undo()
+    assert checkpoint_dirs(tmp_path) == [tmp_path / "checkpoint-1"]
+    loaded = tiny_llama(seed=5)
+    load_model_weights(loaded, tmp_path / "checkpoint-1")
+    assert torch.equal(loaded.model.norm.weight, model.model.norm.weight)  # the new weights
+    save()  # the next save clears what the crash left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
 
 
 def test_rng_state_round_trip(tmp_path):

@@ -9,6 +9,7 @@ from grpo.config import (
     ConfigError,
     FieldError,
     GRPOConfig,
+    OptimConfig,
     RunConfig,
     dump_toml,
     load_config,
@@ -33,6 +34,7 @@ class Inner:
 @dataclass(frozen=True)
 class Root:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     inner: Inner = field(default_factory=Inner)
 
@@ -103,6 +105,10 @@ def test_overrides_parse_toml_literals_and_merge_into_tables(tmp_path):
             r"grpo\.batch_size=6: must be a positive multiple of group_size=4",
         ),
         ("[grpo]\neps_low = -0.1\n", r"grpo\.eps_low=-0\.1: must be >= 0"),
+        # each optimizer key is blamed by its own name
+        ("[optim]\nadam_eps = 0.0\n", r"c\.toml: optim\.adam_eps=0\.0: must be > 0"),
+        ("[optim]\nmax_grad_norm = -1.0\n", r"c\.toml: optim\.max_grad_norm=-1\.0: must be >= 0"),
+        ("[optim]\nweight_decay = -0.1\n", r"c\.toml: optim\.weight_decay=-0\.1: must be >= 0"),
         ("[inner]\nratio = 2\n", r"c\.toml: inner\.ratio=2\.0: must lie in \[0, 1\]"),
         ("[inner]\nband = [1]\n", r"inner\.band: expected an array of 2 values"),
         ("[inner]\nmode = 'c'\n", r"inner\.mode: expected one of 'a', 'b'"),

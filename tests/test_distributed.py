@@ -84,7 +84,8 @@ def test_two_processes_match_one_process_on_the_same_data(tmp_path):
         torch.testing.assert_close(ranks[0]["params"][name], p.detach(), atol=2e-5, rtol=1e-5, msg=name)
     moved = (single.policy.model.norm.weight - tiny_llama(seed=0).model.norm.weight).abs().max()
     assert moved > 1e-2  # three orders of magnitude above the tolerance
-    for key in ("reward/mean", "reward/std", "reward/zero_spread", "loss", "grad_norm", "loss/kl_mean"):
+    keys = ("reward/mean", "reward/std", "reward/zero_spread", "loss", "loss/last_loss", "grad_norm", "loss/kl_mean")
+    for key in keys:
         torch.testing.assert_close(ranks[0]["metrics"][key], single.metrics[key], atol=1e-5, rtol=1e-4, msg=key)
         assert ranks[0]["metrics"][key] == ranks[1]["metrics"][key], key
     ckpt = tmp_path / f"checkpoint-{STEPS}"

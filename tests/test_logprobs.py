@@ -95,6 +95,33 @@ def test_entropy_equals_naive():
     assert not ours.requires_grad and ours.shape == (2, 5)
 
 
+def test_entropy_needs_no_second_logits_buffer():
+    """The module's memory claim: one chunk's [c, V] logits at a time. Entropy works inside that buffer."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from grpo.logprobs import _entropy_
+
+    class LargeOutputs(TorchDispatchMode):
+        def __init__(self, z: torch.Tensor) -> None:
+            super().__init__()
+            self.z, self.fresh = z, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.numel() >= self.z.numel() and t.data_ptr() != self.z.data_ptr():
+                    self.fresh.append(str(func))
+            return out
+
+    torch.manual_seed(5)
+    z = torch.randn(4, 300) * 3
+    expected = -(z.log_softmax(-1).exp() * z.log_softmax(-1)).sum(-1)
+    with LargeOutputs(z) as mode:
+        entropy = _entropy_(z)
+    assert mode.fresh == []  # no op produced another [c, V] tensor
+    torch.testing.assert_close(entropy, expected)
+
+
 @pytest.mark.parametrize(
     ("hidden_shape", "target_shape", "target", "kwargs", "msg"),
     [

@@ -261,3 +261,41 @@ def test_overlap_prefetches_the_next_step_and_resumes_without_skipping_data(tmp_
     assert first.interrupted and first.step == 2 and len(first_gen.asked) == 3
     _, resumed_gen, _ = run(tmp_path / "res", overlap, resume=first.checkpoint)
     assert first_gen.asked[:2] + resumed_gen.asked == seq_gen.asked  # step 3's prompts generated again
+
+
+def test_an_interrupted_overlap_run_releases_its_threads_and_can_train_again(tmp_path):
+    """SIGTERM with a prefetch in flight: train() shuts its thread pool down (no idle threads left behind) and a
+    second train() call on the same trainer continues with a fresh pool, from the prefetched prompts."""
+    generator = _RecordingGenerator()
+    trainer = _trainer(
+        tmp_path,
+        generator=generator,
+        scorer=_SigtermAt(1),
+        generation={"backend": "vllm_server", "overlap": True},
+        run={"max_steps": 3, "save_every": 0},
+    )
+    pool = trainer._pool
+    first = trainer.train()
+    assert first.interrupted and first.step == 1
+    for thread in pool._threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    assert trainer.train().step == 3
+    # Step 2's prompts (maybe prefetched before the interrupt, maybe cancelled) are generated for step 2.
+    assert generator.asked[-2] == generator.asked[1] != generator.asked[-1]
+
+
+def test_scoring_time_does_not_wait_for_the_training_kernels(tmp_path, monkeypatch):
+    """With overlap the scorer runs in another thread while this one trains: its timer must not synchronise
+    the device (it would wait for, and be charged with, the training kernels)."""
+    from grpo.trainer import _Timer
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    trainer = _trainer(tmp_path)
+    timer = _Timer(torch.device("cuda"))
+    trainer._score(ScriptedGenerator().generate([p.ids for p in prompts(2)], 4), timer)
+    assert synced == [] and timer.times["score"] > 0
+    with timer("update"):  # device phases still synchronise
+        pass
+    assert len(synced) == 1

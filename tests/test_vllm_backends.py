@@ -181,6 +181,80 @@ def test_server_restart_is_detected(served):
         gen.generate([[1]], 2)
 
 
+def test_generating_before_any_push_says_so(served, tmp_path):
+    _, client = served
+    other = ServerGenerator("http://test", Sampling(max_new_tokens=2), pad_id=PAD, client=client, shm_dir=str(tmp_path))
+    other.weights_version = 4
+    other.sync_weights(tiny_llama())  # another run left the server at version 5
+    gen = ServerGenerator("http://test", Sampling(max_new_tokens=2), pad_id=PAD, client=client)
+    with pytest.raises(ServerError, match=r"version 5, the trainer expects 0: no weights were pushed yet"):
+        gen.generate([[1]], 2)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_fresh_run_pushes_its_weights_to_a_server_used_before(served, tmp_path):
+    """A server still holding another run's weights (version 3) serves a fresh run: train() pushes the
+    starting weights first, so the versions agree and the engine samples from this run's policy."""
+    engine, client = served
+    sampling = Sampling(max_new_tokens=3, stop_ids=(STOP,))
+    previous = ServerGenerator("http://test", sampling, pad_id=PAD, client=client, shm_dir=str(tmp_path))
+    for _ in range(3):
+        previous.sync_weights(tiny_llama(seed=9))
+    model = tiny_llama(seed=1)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    gen = ServerGenerator("http://test", sampling, pad_id=PAD, vocab_size=32, client=client, shm_dir=str(tmp_path))
+    cfg = training_config(tmp_path / "run", generation={"backend": "vllm_server"}, run={"max_steps": 2})
+    result = GRPOTrainer(model, gen, TokenSetScorer(range(2, 10)), prompts(4), cfg, pad_id=PAD).train()
+    assert result.step == 2 and gen.weights_version == 3  # the initial push, then one per step
+    first_push = engine.loaded[3]  # after the previous run's three
+    assert all(torch.equal(first_push[k], v) for k, v in start.items())
+    assert client.get("/info").json()["weights_version"] == 3
+
+
+def test_only_rank_0_uploads_but_every_rank_counts(served, tmp_path, monkeypatch):
+    """Under torchrun all ranks share one server and hold the same weights: one upload per sync."""
+    engine, client = served
+    gen = ServerGenerator("http://test", Sampling(max_new_tokens=2), pad_id=PAD, client=client, shm_dir=str(tmp_path))
+    monkeypatch.setattr("grpo.engine_generation.dist.rank", lambda: 1)
+    gen.sync_weights(tiny_llama())
+    assert engine.loaded == [] and gen.weights_version == 1
+    monkeypatch.setattr("grpo.engine_generation.dist.rank", lambda: 0)
+    gen.sync_weights(tiny_llama())
+    assert len(engine.loaded) == 1 and client.get("/info").json()["weights_version"] == gen.weights_version == 2
+
+
+def _mock_server(fail: type[httpx.TransportError], failures: int) -> tuple[httpx.Client, list[str]]:
+    """A client whose /generate fails ``failures`` times with ``fail`` before the fake server answers."""
+    app_client = TestClient(create_app(FakeEngine()))
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path == "/generate" and seen.count("/generate") <= failures:
+            raise fail("simulated", request=request)
+        reply = app_client.request(request.method, request.url.path, content=request.content, headers=request.headers)
+        return httpx.Response(reply.status_code, content=reply.content, headers=reply.headers)
+
+    return httpx.Client(base_url="http://test", transport=httpx.MockTransport(handler)), seen
+
+
+def test_read_timeout_is_not_retried_and_names_the_timeout_key():
+    """The server received the request and is still working on it under its lock: a retry would queue a
+    second generation behind the first. The error says which key to raise."""
+    client, seen = _mock_server(httpx.ReadTimeout, failures=1)
+    gen = ServerGenerator("http://test", Sampling(max_new_tokens=2), pad_id=PAD, client=client, retries=2)
+    with pytest.raises(ServerError, match=r"/generate gave no answer within the timeout.*generation.server_timeout_s"):
+        gen.generate([[1]], 2)
+    assert seen == ["/info", "/generate"]
+
+
+def test_connection_failures_are_retried():
+    client, seen = _mock_server(httpx.ConnectError, failures=1)
+    gen = ServerGenerator("http://test", Sampling(max_new_tokens=2), pad_id=PAD, client=client, retries=1)
+    assert len(gen.generate([[1]], 2)) == 2
+    assert seen == ["/info", "/generate", "/generate"]
+
+
 def test_server_validates_requests(served):
     _, client = served
     assert client.get("/health").json() == {"status": "ok"}
@@ -286,7 +360,7 @@ def test_server_backend_trains_with_synced_weights(tmp_path, served_tiny):
         gen = ServerGenerator(url, sampling, pad_id=PAD, vocab_size=32)
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
         t = GRPOTrainer(model, gen, TokenSetScorer(range(2, 10)), prompts(4), cfg, pad_id=PAD)
-        t.generator.sync_weights(t.policy)  # a fresh trainer: the server may hold another run's weights
+        t.generator.sync_weights(t.policy)  # what train() does first; this test drives train_step itself
         return t
 
     t = trainer(overlap=False)
