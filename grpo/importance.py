@@ -1,13 +1,13 @@
 """Truncated importance sampling: correcting for a sampler (vLLM) whose numbers differ from the trainer's.
 
-The completions are sampled by an inference engine μ (vLLM: other kernels, other precision, maybe one step
+The completions are sampled by an inference engine π_s (vLLM: other kernels, other precision, maybe one step
 stale weights), but the GRPO ratio ρ = π_θ / π_old assumes they were sampled by π_old, the trainer's own
 numerics of the same weights. The mismatch is corrected by reweighting every token's loss with
 
-    w_{i,t} = π_old(o_{i,t}) / μ(o_{i,t}) = exp(old_logp − sampler_logp)          (token level)
-    w_i     = Π_t π_old / μ = exp(Σ_t (old_logp − sampler_logp))                   (sequence level)
+    w_{i,t} = π_old(o_{i,t}) / π_s(o_{i,t}) = exp(old_logp − sampler_logp)          (token level)
+    w_i     = Π_t π_old / π_s = exp(Σ_t (old_logp − sampler_logp))                   (sequence level)
 
-and, since a few tokens with a tiny μ would make w explode, capping it at C ("truncated importance sampling",
+and, since a few tokens with a tiny π_s would make w explode, capping it at C ("truncated importance sampling",
 Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"):
 
     truncate:  w ← min(w, C)           (bias traded for bounded variance)
