@@ -206,6 +206,7 @@ def score_all(
     from reward.rollout import StepContext
     from reward.scorer import score_speech
     from tts.audio import save_audio
+    from tts.codec import SAMPLE_RATE
 
     speaker = any(ex.ref_audio for ex in examples)
     if speaker and importlib.util.find_spec("resemblyzer") is None:
@@ -221,7 +222,7 @@ def score_all(
             for r, meta, terms, reward in zip(speech, rollouts.meta, scored.terms, scored.rewards, strict=True):
                 key = meta["eval_key"]
                 rel = f"audio/{key.checkpoint}/t{key.temperature:g}/{key.text_index:04d}_{key.sample_index}.wav"
-                save_audio(out_dir / rel, r.audio, 16000)
+                save_audio(out_dir / rel, r.audio, SAMPLE_RATE)
                 records.append(
                     sample_record(
                         r,
@@ -247,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from reward.evaluation import analyse, write_outputs
     from reward.plots import write_plots
     from tts.data import DataError, load_examples
+    from tts.io import write_text
 
     out_dir = Path(args.out)
     try:
@@ -266,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
         vocab, batches = generate_all(cfg, checkpoints, examples, temperatures, args, device)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.resolved.toml").write_text(dump_toml(cfg), encoding="utf-8")
+        write_text(out_dir / "config.resolved.toml", dump_toml(cfg))
         records = score_all(cfg, vocab, examples, batches, out_dir, args)
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -96,6 +96,17 @@ def _hub_problem(key: str, name: str, probe_file: str, repo: str | None = None) 
     return None  # reachable: from_pretrained downloads it (and reports a wrong name itself)
 
 
+def _service_problem(transcriber: TranscriberConfig) -> str | None:
+    """None if the transcription service answers /health, else why not (naming transcriber.url)."""
+    from reward.client import HTTPTranscriber, TranscriberUnavailable
+
+    try:
+        HTTPTranscriber(transcriber).health()
+    except TranscriberUnavailable as e:
+        return str(e).removeprefix("[transcriber] ").replace("url=", "transcriber.url=", 1)
+    return None
+
+
 def check_resources(cfg: Config, source: str = "config") -> None:
     """Fail fast, before any model loads, with every missing resource named by its config key."""
     problems = []
@@ -107,6 +118,8 @@ def check_resources(cfg: Config, source: str = "config") -> None:
         name = cfg.transcriber.model
         repo = name if "/" in name else f"Systran/faster-whisper-{name}"  # faster-whisper's size names
         problems.append(_hub_problem("transcriber.model", name, "model.bin", repo))
+    if cfg.transcriber.backend == "http":
+        problems.append(_service_problem(cfg.transcriber))
     if not Path(cfg.data.path).expanduser().is_file():
         problems.append(f"data.path={cfg.data.path!r}: no such file (rows of text, language, ref_audio, ref_text)")
     problems = [p for p in problems if p]
@@ -162,44 +175,74 @@ def load_tokenizer(path: str, cfg: Config) -> Any:
         raise ConfigError(f"model.path={cfg.model.path!r}: cannot load its tokenizer from {path}: {e}") from None
 
 
+def example_language(cfg: Config, ex: Any) -> str:
+    """The one language rule: the row's ``language`` if it has one, else ``transcriber.language``.
+
+    It is stored in each prompt's meta, and transcription and text normalisation both read it from there.
+    """
+    language = ex.language or cfg.transcriber.language
+    if not language:
+        raise ConfigError(
+            f"data.path={cfg.data.path!r} line {ex.line}: no 'language' in the row and transcriber.language "
+            "is not set: give every row a language or set transcriber.language"
+        )
+    return language
+
+
 def build_prompts(cfg: Config, examples: Sequence[Any], tokenizer: Any, vocab: Any) -> list[Prompt]:
-    """Token ids per data row (reference codes appended when cloning) and the row as meta for the scorer."""
+    """Token ids per data row (reference codes appended when cloning) and the row as meta for the scorer.
+
+    ``text`` and ``ref_text`` go through the same [data] normaliser (its character set comes from both), and
+    meta carries what the prompt was built from: the normalised texts, the resolved ``language`` and, when
+    cloning, the reference ``ref_codes`` (the hook decodes them in front of the completion).
+    """
     from tts.llasa import build_prompt_ids
     from tts.reference import ReferenceCodes
 
     fmt = cfg.model.prompt_format()
-    normalizer = cfg.data.normalizer([e.text for e in examples])
+    normalizer = cfg.data.normalizer([t for e in examples for t in (e.text, e.ref_text) if t])
+
+    def normalize(text: str | None) -> str | None:
+        return normalizer.normalize(text)[0] if normalizer and text is not None else text
+
     refs = ReferenceCodes(cfg.reference.codec, cfg.reference.cache_dir or None)
     prompts = []
     for ex in examples:
-        text = normalizer.normalize(ex.text)[0] if normalizer else ex.text
-        language = ex.language or cfg.transcriber.language
-        if not language:
-            raise ConfigError(
-                f"data.path={cfg.data.path!r} line {ex.line}: no 'language' in the row and transcriber.language "
-                "is not set: give every row a language or set transcriber.language"
-            )
+        text, ref_text, language = normalize(ex.text), normalize(ex.ref_text), example_language(cfg, ex)
         codes = refs.get(ex.ref_audio) if ex.ref_audio else None
-        ids = build_prompt_ids(tokenizer, fmt, text, ref_text=ex.ref_text, ref_codes=codes, vocab=vocab)
-        prompts.append(Prompt(ids=tuple(ids), meta={**ex.meta(), "text": text, "language": language}))
+        try:
+            ids = build_prompt_ids(tokenizer, fmt, text, ref_text=ref_text, ref_codes=codes, vocab=vocab)
+        except ValueError as e:
+            raise ConfigError(f"data.path={cfg.data.path!r} line {ex.line}: {e}") from None
+        meta = {**ex.meta(), "text": text, "ref_text": ref_text, "language": language, "ref_codes": codes}
+        prompts.append(Prompt(ids=tuple(ids), meta=meta))
     return prompts
 
 
 def build_scorer(cfg: Config, vocab: Any, examples: Sequence[Any]) -> Any:
     """Decoder + transcriber + reward terms (``reward.scorer.SpeechScorer``)."""
     from reward.hook import SpeechHook
+    from reward.rate import reference_rate_band
     from reward.scorer import SpeechScorer
     from reward.transcribe import make_transcriber
     from tts.codec import XCodec2Decoder
-    from tts.data import compute_stats
+    from tts.data import reference_durations
 
+    # the speaking-rate band: from the data's reference clips (enough of them), in the term's own unit
+    seconds = reference_durations(examples)
+    first: dict[str, Any] = {}  # each reference clip once, with the first row that uses it
+    for ex in examples:
+        if ex.ref_audio and ex.ref_text:
+            first.setdefault(ex.ref_audio, ex)
+    references = [(ex.ref_text, example_language(cfg, ex), seconds[path]) for path, ex in first.items()]
+    band, _ = reference_rate_band(references, cfg.reward)
     _, codec_path = resolve_paths(cfg)
     decoder = XCodec2Decoder.from_pretrained(
         codec_path, device=cfg.codec.device, dtype=torch_dtype(cfg.codec.dtype, key="codec.dtype")
     )
-    hook = SpeechHook(vocab, _BatchedDecoder(decoder, cfg.codec), make_transcriber(cfg.transcriber))
-    stats = compute_stats(examples)  # the data's own speaking-rate band, when it has reference audio
-    return SpeechScorer(hook, cfg.reward, rate_band=stats.chars_per_second)
+    transcriber = make_transcriber(cfg.transcriber)
+    hook = SpeechHook(vocab, _BatchedDecoder(decoder, cfg.codec), transcriber, cfg.codec.decode_with_reference)
+    return SpeechScorer(hook, cfg.reward, rate_band=band)
 
 
 class _BatchedDecoder:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo.config import ConfigError, from_dict
-from reward.config import RewardConfig, TranscriberConfig
+from reward.config import RewardConfig, TranscriberConfig, check_rate_band
 
 
 def load_configs(path: Path | None) -> tuple[RewardConfig, TranscriberConfig]:
@@ -34,12 +34,12 @@ def load_configs(path: Path | None) -> tuple[RewardConfig, TranscriberConfig]:
 def read_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.manifest:
         rows = []
-        for n, line in enumerate(Path(args.manifest).read_text().splitlines(), 1):
+        for n, line in enumerate(Path(args.manifest).read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
                 row = json.loads(line)
                 if "audio" not in row or "text" not in row:
                     raise SystemExit(f"[reward] {args.manifest}:{n}: each line needs 'text' and 'audio'")
-                row.setdefault("language", args.language)
+                row["language"] = row.get("language") or args.language
                 base = Path(args.manifest).parent
                 row["audio"] = str(base / row["audio"]) if not Path(row["audio"]).is_absolute() else row["audio"]
                 rows.append(row)
@@ -62,20 +62,24 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     reward_cfg, transcriber_cfg = load_configs(args.config)
+    args.language = args.language or transcriber_cfg.language  # as in training: the row's, else the config's
     rows = read_rows(args)
     missing = [r["audio"] for r in rows if not r.get("language")]
     if missing:
-        raise SystemExit(f"[reward] no language for {missing[0]}: pass --language or a 'language' per line")
+        raise SystemExit(
+            f"[reward] no language for {missing[0]}: pass --language, a 'language' per line, or transcriber.language"
+        )
 
     from reward.scorer import score_audio
     from reward.transcribe import make_transcriber
     from tts.audio import load_audio
 
     try:
-        audios = [load_audio(r["audio"], sample_rate=16000) for r in rows]
-    except ValueError as e:  # names the file
+        band = check_rate_band(args.rate_band, "--rate-band") if args.rate_band else None
+        audios = [load_audio(r["audio"]) for r in rows]
+    except ValueError as e:  # names the file or the band
         raise SystemExit(str(e)) from None
-    results = score_audio(rows, audios, make_transcriber(transcriber_cfg), reward_cfg, args.rate_band)
+    results = score_audio(rows, audios, make_transcriber(transcriber_cfg), reward_cfg, band)
     for row, result in zip(rows, results, strict=True):
         print(json.dumps({"audio": row["audio"], **result}, ensure_ascii=False))
     return 0

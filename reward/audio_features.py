@@ -6,8 +6,10 @@ from functools import lru_cache
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from tts.codec import SAMPLE_RATE
+
 HOP_S = 0.01  # log-mel hop (160 samples)
+SILENCE_DBFS = -50.0  # frames quieter than this never count as repeating
 
 
 @lru_cache(maxsize=1)
@@ -38,7 +40,7 @@ def repeated_seconds(
     max_lag_s: float,
     similarity: float,
     min_run_s: float,
-    silence_dbfs: float = -50.0,
+    silence_dbfs: float = SILENCE_DBFS,
 ) -> float:
     """Seconds of voiced audio that repeat themselves at a fixed lag for at least ``min_run_s``.
 

@@ -1,7 +1,9 @@
 """``HTTPTranscriber``: the Transcriber backend that calls ``python -m reward.service`` (e.g. on a second GPU).
 
-Audio travels as base64 of little-endian float32 samples. Timeouts and transport errors are retried a bounded
-number of times; then the step fails with an error that says how to start the service — never a silent zero.
+Audio travels as base64 of little-endian float32 samples. Only failures that say nothing was processed are
+retried (no connection, connection dropped before an answer, 502/503/504 from a proxy or a starting server);
+a read timeout is not — the server may still be working through the batch, and a retry would queue the same
+work again behind its lock. Every failure ends in an error that says what to change — never a silent zero.
 """
 
 from __future__ import annotations
@@ -9,12 +11,16 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 import numpy as np
 
 from reward.config import TranscriberConfig
 from reward.transcribe import Transcript, per_clip_languages
+
+RETRY_STATUS = frozenset({502, 503, 504})
+RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 
 class TranscriberUnavailable(RuntimeError):
@@ -35,37 +41,45 @@ class HTTPTranscriber:
         self.url = config.url.rstrip("/")
         self.client = client or httpx.Client(timeout=config.timeout_s)
 
-    def _post(self, path: str, payload: dict | None = None) -> dict:
-        last: Exception | None = None
+    def _request(self, method: str, path: str, payload: dict | None = None, clips: int = 0) -> Any:
+        """One call with bounded retries of the failures where the server did no work."""
+        where = f"[transcriber] url={self.url}{path}"
+        last = ""
         for attempt in range(self.config.retries + 1):
+            if attempt:
+                time.sleep(min(0.5 * 2 ** (attempt - 1), 4.0))
             try:
-                if payload is None:
-                    response = self.client.get(self.url + path)
-                else:
-                    response = self.client.post(self.url + path, json=payload)
-                if response.status_code >= 500:  # server-side hiccup: retry
-                    last = RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-                else:
-                    response.raise_for_status()
-                    return response.json()
-            except httpx.HTTPStatusError as e:  # 4xx: our request is wrong, retrying cannot help
-                raise TranscriberUnavailable(f"[transcriber] url={self.url}{path}: {e.response.text[:300]}") from e
-            except httpx.TransportError as e:  # refused, reset, timeout
-                last = e
-            if attempt < self.config.retries:
-                time.sleep(min(0.5 * 2**attempt, 4.0))
+                response = self.client.request(method, self.url + path, json=payload)
+            except RETRY_ERRORS as e:
+                last = repr(e)
+                continue
+            except httpx.TimeoutException as e:  # read/write/pool timeout: the server may still be working
+                raise TranscriberUnavailable(
+                    f"{where}: no answer within transcriber.timeout_s={self.config.timeout_s} for {clips} clips "
+                    f"({type(e).__name__}): raise transcriber.timeout_s (a batch takes longer on a busy or slow GPU)"
+                ) from e
+            except httpx.TransportError as e:
+                raise TranscriberUnavailable(f"{where}: {e!r}") from e
+            if response.status_code in RETRY_STATUS:
+                last = f"HTTP {response.status_code}: {response.text[:200]}"
+                continue
+            if response.is_error:  # our request or the server's model failed: retrying cannot help
+                raise TranscriberUnavailable(f"{where}: HTTP {response.status_code}: {response.text[:300]}")
+            return response.json()
         raise TranscriberUnavailable(
-            f"[transcriber] url={self.url}: no answer after {self.config.retries + 1} tries ({last!r}); start it with "
-            f"`python -m reward.service --model {self.config.model} --device cuda:1 --port <port>` or set "
-            "transcriber.backend='whisper'"
+            f"{where}: no answer after {self.config.retries + 1} tries ({last}); is the service running? Start it "
+            f"with `python -m reward.service --model {self.config.model} --device cuda:1 --port <port>` and set "
+            "transcriber.url, or set transcriber.backend='whisper'"
         )
 
     def health(self) -> dict:
-        return self._post("/health")
+        """The service's status and model name (``recipe.check_resources`` calls it before a run starts)."""
+        return self._request("GET", "/health")
 
     def transcribe(self, audios: Sequence[np.ndarray], language: str | Sequence[str]) -> list[Transcript]:
-        languages = per_clip_languages(self.config.language or language, len(audios))
-        body = self._post("/transcribe", {"languages": languages, "audios": [encode_audio(a) for a in audios]})
+        languages = per_clip_languages(language, len(audios))
+        payload = {"languages": languages, "audios": [encode_audio(a) for a in audios]}
+        body = self._request("POST", "/transcribe", payload, clips=len(audios))
         transcripts = [Transcript(**t) for t in body["transcripts"]]
         if len(transcripts) != len(audios):
             raise TranscriberUnavailable(f"[transcriber] url={self.url}: {len(transcripts)} for {len(audios)} clips")

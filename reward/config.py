@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from grpo.config import FieldError
 
 
 def _default_weights() -> dict[str, float]:
@@ -17,12 +20,24 @@ def _default_gates() -> dict[str, float]:
     return {"complete": 0.5, "token_loop": 0.5, "audio_repeat": 0.5}
 
 
+def check_rate_band(band: tuple[float, float], where: str) -> tuple[float, float]:
+    """``band`` as floats if 0 < low < high (letters per second), else a ValueError naming ``where``."""
+    try:
+        lo, hi = (float(v) for v in band)
+    except (TypeError, ValueError):
+        raise ValueError(f"[reward] {where}={band!r}: expected two numbers (low, high) in letters per second") from None
+    if not (0 < lo < hi and math.isfinite(hi)):
+        raise ValueError(f"[reward] {where}={band!r}: need 0 < low < high letters per second")
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class RewardConfig:
     """Which terms, how they combine, and each term's parameters.
 
     total = Σ_k w_k r_k / Σ_k w_k over the terms that apply (r_k is not None); if any gated term is below its
-    threshold, total ← gate_floor · total.
+    threshold, total ← gate_floor · total. Term names are checked against ``reward.terms.TERMS`` (register a
+    custom term before the config loads).
     """
 
     weights: dict[str, float] = field(default_factory=_default_weights)
@@ -30,36 +45,73 @@ class RewardConfig:
     gate_floor: float = 0.2
     # wer: exp(-WER) on number-normalised, case- and punctuation-free text; "cer" for compounds (German).
     wer_variant: str = "wer"
-    # hangup: the original character run `(.)\1{5,}` and the same word repeated this many times in a row.
+    # hangup: a run of one letter this long in the normalised transcript, or the same word (or phrase of up to
+    # 4 words) repeated this many times in a row; either only if the text itself has no such run.
     hangup_char_run: int = 6
     hangup_word_repeats: int = 3
     # token_loop: a cycle of period 1..max_period speech codes repeated at least min_repeats times.
     loop_max_period: int = 8
     loop_min_repeats: int = 6
     loop_min_s: float = 0.4  # and at least this long (50 codes/s): a short constant pause is not a loop
-    # speaking_rate: letters (no spaces/punctuation, numbers spelled out) per second of audio.
+    # speaking_rate: letters (no spaces/punctuation, numbers spelled out) per second of audio. The band is the
+    # 5th-95th percentile of the data's reference clips when there are at least rate_min_references of them,
+    # else rate_band.
     rate_band: tuple[float, float] = (9.0, 17.0)
+    rate_min_references: int = 5
     rate_tolerance: float = 0.15  # exp(-(log(r/edge)/tol)^2) outside the band
     # audio_repeat: log-mel frames repeating at a lag of min..max seconds for longer than repeat_min_s.
     repeat_min_lag_s: float = 0.03
     repeat_max_lag_s: float = 0.5
     repeat_similarity: float = 0.95
     repeat_min_s: float = 0.3
-    repeat_scale_s: float = 0.5  # score = exp(-looped seconds / scale) beyond repeat_min_s
-    # silence (used by `complete`): below this RMS level (dBFS) audio counts as silent.
-    silence_dbfs: float = -50.0
+    repeat_scale_s: float = 0.5  # score = exp(-s / scale), s = seconds inside repeating runs (each >= repeat_min_s)
 
     def __post_init__(self) -> None:
-        if self.wer_variant not in ("wer", "cer"):
-            raise ValueError(f"[reward] wer_variant={self.wer_variant!r}: use 'wer' or 'cer'")
-        lo, hi = self.rate_band
-        if not 0 < lo < hi:
-            raise ValueError(f"[reward] rate_band={self.rate_band}: need 0 < low < high letters per second")
-        if not 0 <= self.gate_floor <= 1:
-            raise ValueError(f"[reward] gate_floor={self.gate_floor}: must lie in [0, 1]")
+        from reward.terms import TERMS  # the registry; imported late because terms import this module
+
+        known = ", ".join(sorted(TERMS))
+        for table, values in (("weights", self.weights), ("gates", self.gates)):
+            for name, value in values.items():
+                if name not in TERMS:
+                    raise FieldError(f"{table}.{name}", value, f"unknown reward term; known terms: {known}")
         for name, w in self.weights.items():
-            if w < 0:
-                raise ValueError(f"[reward] weights.{name}={w}: weights must be >= 0")
+            if not (w >= 0 and math.isfinite(w)):
+                raise FieldError(f"weights.{name}", w, "weights must be finite and >= 0")
+        if not any(w > 0 for w in self.weights.values()):
+            raise FieldError("weights", self.weights, "every weight is 0: give at least one term a weight > 0")
+        for name, threshold in self.gates.items():
+            if not 0 <= threshold <= 1:
+                raise FieldError(f"gates.{name}", threshold, "a gate threshold must lie in [0, 1]")
+        if not 0 <= self.gate_floor <= 1:
+            raise FieldError("gate_floor", self.gate_floor, "must lie in [0, 1]")
+        if self.wer_variant not in ("wer", "cer"):
+            raise FieldError("wer_variant", self.wer_variant, "use 'wer' or 'cer'")
+        if self.hangup_char_run < 2:
+            raise FieldError("hangup_char_run", self.hangup_char_run, "a run needs at least 2 letters")
+        if self.hangup_word_repeats < 2:
+            raise FieldError("hangup_word_repeats", self.hangup_word_repeats, "a repeat needs at least 2 words")
+        try:
+            check_rate_band(self.rate_band, "rate_band")
+        except ValueError as e:
+            raise FieldError("rate_band", self.rate_band, str(e).split(": ", 1)[1]) from None
+        if self.rate_min_references < 2:
+            raise FieldError("rate_min_references", self.rate_min_references, "percentiles need at least 2 clips")
+        positive = {
+            "rate_tolerance": self.rate_tolerance,
+            "repeat_scale_s": self.repeat_scale_s,
+            "repeat_min_s": self.repeat_min_s,
+            "repeat_min_lag_s": self.repeat_min_lag_s,
+            "loop_min_s": self.loop_min_s,
+        }
+        for key, value in positive.items():
+            if not value > 0:
+                raise FieldError(key, value, "must be > 0")
+        if self.repeat_max_lag_s < self.repeat_min_lag_s:
+            raise FieldError("repeat_max_lag_s", self.repeat_max_lag_s, "must be >= repeat_min_lag_s")
+        if self.loop_max_period < 1:
+            raise FieldError("loop_max_period", self.loop_max_period, "must be >= 1")
+        if self.loop_min_repeats < 2:
+            raise FieldError("loop_min_repeats", self.loop_min_repeats, "a loop needs at least 2 periods")
 
 
 @dataclass(frozen=True)
@@ -71,22 +123,28 @@ class TranscriberConfig:
     device: str = "cpu"  # "cpu", "cuda" or "cuda:1"
     compute_type: str = "int8"
     cpu_threads: int = 0  # 0: CTranslate2's default
-    language: str | None = None  # fixed language; None: each rollout's own language (never auto-detected)
+    # The language of data rows that name none (a row's own 'language' wins); never auto-detected.
+    language: str | None = None
     beam_size: int = 5
     batch_size: int = 16  # clips per batched encoder/decoder call
     batched: bool = True  # cross-clip batched generate; False: sequential WhisperModel.transcribe
-    packing: bool = False  # several clips per 30 s window (faster on CPU, words may leak): off by default
     no_speech_threshold: float = 0.6
     logprob_threshold: float | None = None  # if set, silent needs no_speech > threshold AND avg_logprob below this
-    silence_dbfs: float = -50.0  # audio quieter than this is silent without asking the model
+    # Audio quieter than this (RMS) is silent without asking the model; the one silence level of the project
+    # (the reward's `complete` term reads the transcript's `silent` flag).
+    silence_dbfs: float = -50.0
     url: str = "http://127.0.0.1:8765"
     timeout_s: float = 60.0
     retries: int = 2
 
     def __post_init__(self) -> None:
         if self.backend not in ("whisper", "http"):
-            raise ValueError(f"[transcriber] backend={self.backend!r}: use 'whisper' or 'http'")
-        if self.batch_size < 1 or self.beam_size < 1:
-            raise ValueError("[transcriber] batch_size and beam_size must be >= 1")
-        if self.retries < 0 or self.timeout_s <= 0:
-            raise ValueError("[transcriber] retries must be >= 0 and timeout_s > 0")
+            raise FieldError("backend", self.backend, "use 'whisper' or 'http'")
+        if self.batch_size < 1:
+            raise FieldError("batch_size", self.batch_size, "must be >= 1")
+        if self.beam_size < 1:
+            raise FieldError("beam_size", self.beam_size, "must be >= 1")
+        if self.retries < 0:
+            raise FieldError("retries", self.retries, "must be >= 0")
+        if not self.timeout_s > 0:
+            raise FieldError("timeout_s", self.timeout_s, "must be > 0 seconds")

@@ -28,11 +28,11 @@ import jiwer
 import numpy as np
 
 from reward.config import RewardConfig
-from reward.normalize import error_rate
+from reward.normalize import error_rate, letters
+from reward.rate import letters_per_second
 from reward.rollout import SpeechRollout, StepContext
-from reward.terms import get_term
-from reward.transcribe import rms_dbfs
-from tts.data import spoken_chars
+from reward.terms import get_term, is_empty
+from tts.io import write_text
 
 NORMALIZATIONS = ("project", "seedtts")
 ORIGINAL_HANGUP = re.compile(r"(.)\1{5,}")  # the original experiment's hang-up regex on the transcript
@@ -66,7 +66,7 @@ class SampleRecord:
     audio: str  # WAV path relative to the output folder
     duration_s: float
     num_codes: int
-    text_chars: int  # tts.data.spoken_chars(text)
+    text_chars: int  # letters of the normalised text (reward.normalize.letters): numbers spelled out
     finished: bool | None  # ended with end-of-speech
     wer: float
     cer: float
@@ -74,8 +74,9 @@ class SampleRecord:
     hangup_regex: bool  # the original regex (.)\1{5,} alone
     token_loop: bool | None  # the training term: a short cycle of speech codes (None without codes)
     truncated: bool | None  # no end-of-speech token within max_new_tokens
-    empty: bool  # no audio, audio below the silence level, or judged silent by the transcriber
-    chars_per_second: float | None  # text_chars / duration_s, as the speaking_rate term; None without audio
+    empty: bool  # no audio, or judged silent by the transcriber (reward.terms.is_empty, as the `complete` term)
+    chars_per_second: float | None  # text_chars / duration_s (reward.rate.letters_per_second, as the
+    # speaking_rate term); None without audio
     speaker_similarity: float | None  # None without a reference voice (or without resemblyzer)
     reward: float  # the training reward of this config
     terms: dict[str, float | None] = field(default_factory=dict)  # the training terms' values
@@ -123,8 +124,7 @@ def sample_record(
     ctx = StepContext(config)
     wer, cer = error_rates(r.text, r.transcript.text, r.language, normalization)
     loop = get_term("token_loop")(r, ctx)
-    empty = r.audio.size == 0 or r.transcript.silent or rms_dbfs(r.audio) < config.silence_dbfs
-    chars = spoken_chars(r.text)
+    chars = letters(r.text, r.language)
     similarity = get_term("speaker_similarity")(r, ctx) if speaker and r.ref_audio else None
     return SampleRecord(
         checkpoint=key.checkpoint,
@@ -145,8 +145,8 @@ def sample_record(
         hangup_regex=ORIGINAL_HANGUP.search(r.transcript.text) is not None,
         token_loop=None if loop is None else loop == 0.0,
         truncated=None if r.finished is None else not r.finished,
-        empty=bool(empty),
-        chars_per_second=chars / r.duration_s if r.duration_s > 0 else None,
+        empty=is_empty(r),
+        chars_per_second=letters_per_second(r.text, r.language, r.duration_s),
         speaker_similarity=similarity,
         reward=float(reward),
         terms=dict(terms),
@@ -174,11 +174,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("truncated", "truncation rate (no end-of-speech)", True),
     Metric("empty", "empty/silent rate", True),
     Metric("duration_s", "duration (s)", False, ""),
-    Metric("chars_per_second", "speaking rate (chars/s)", False, ""),
+    Metric("chars_per_second", "speaking rate (letters/s)", False, ""),
     Metric("speaker_similarity", "speaker similarity", False, "higher"),
     Metric("reward", "training reward", False, "higher"),
 )
-SLOPE = Metric("rate_slope", "speaking-rate slope (chars/s per 100 chars of text)", False, "")
+SLOPE = Metric("rate_slope", "speaking-rate slope (letters/s per 100 letters of text)", False, "")
 FAILURE_RATES = ("token_loop", "truncated", "hangup", "empty")  # plotted against temperature
 
 
@@ -214,7 +214,7 @@ class Difference:
 
 @dataclass(frozen=True)
 class RateBin:
-    low: float  # text length range (spoken chars), inclusive
+    low: float  # text length range (letters), inclusive
     high: float
     n_texts: int
     n: int  # samples with a speaking rate
@@ -231,7 +231,7 @@ class EvalResult:
     overall: dict[str, dict[str, Summary]]  # checkpoint → metric → summary
     by_temperature: dict[str, dict[str, dict[str, Summary]]]  # checkpoint → f"{τ:g}" → metric → summary
     differences: dict[str, dict[str, Difference]]  # checkpoint (not the base) → metric → other − base
-    slopes: dict[str, Summary]  # checkpoint → speaking-rate slope (chars/s per 100 chars)
+    slopes: dict[str, Summary]  # checkpoint → speaking-rate slope (letters/s per 100 letters)
     rate_bins: dict[str, list[RateBin]]  # checkpoint → speaking rate per text-length bin
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -427,9 +427,7 @@ def metrics_json(result: EvalResult) -> dict[str, Any]:
 
 
 def write_samples(records: Sequence[SampleRecord], path: Path) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(_clean(asdict(r)), ensure_ascii=False) + "\n")
+    write_text(path, "".join(json.dumps(_clean(asdict(r)), ensure_ascii=False) + "\n" for r in records))
 
 
 def read_samples(path: str | Path) -> list[SampleRecord]:
@@ -503,14 +501,14 @@ def report_markdown(result: EvalResult, plots: Mapping[str, str] | None = None) 
         "",
         "## Speaking rate against text length",
         "",
-        "| text length (chars) | texts | " + " | ".join(names) + " |",
+        "| text length (letters) | texts | " + " | ".join(names) + " |",
         "|---|---|" + "---|" * len(names),
     ]
     for i, b in enumerate(result.rate_bins[base]):
         cells = [f"{result.rate_bins[c][i].mean:.2f}" if result.rate_bins[c][i].n else "–" for c in names]
         lines.append(f"| {b.low:g}–{b.high:g} | {b.n_texts} | " + " | ".join(cells) + " |")
     lines.append(
-        "| slope per 100 chars | | "
+        "| slope per 100 letters | | "
         + " | ".join(
             f"{_fmt(result.slopes[c].mean, False)} [{_fmt(result.slopes[c].low, False)}, "
             f"{_fmt(result.slopes[c].high, False)}]"
@@ -532,7 +530,7 @@ def write_outputs(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_samples(result.records, out / "samples.jsonl")
-    (out / "metrics.json").write_text(json.dumps(metrics_json(result), indent=1, ensure_ascii=False) + "\n")
+    write_text(out / "metrics.json", json.dumps(metrics_json(result), indent=1, ensure_ascii=False) + "\n")
     plots = plot(result, out) if plot else {}
-    (out / "report.md").write_text(report_markdown(result, plots), encoding="utf-8")
+    write_text(out / "report.md", report_markdown(result, plots))
     return {"report": out / "report.md", "metrics": out / "metrics.json", "samples": out / "samples.jsonl"}

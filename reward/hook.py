@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from reward.rollout import SpeechRollout
 from reward.transcribe import Transcriber
+from tts.codec import SAMPLE_RATE, SAMPLES_PER_CODE
 
 if TYPE_CHECKING:
     from grpo.rollouts import Rollouts
-
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,6 @@ class CodedCompletion:
 class HookTimings:
     decode_s: float = 0.0
     transcribe_s: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def _row_text(row: Mapping[str, Any], i: int, key: str) -> str:
@@ -87,12 +85,20 @@ def build_speech_rollouts(
 
 
 class SpeechHook:
-    """Rollouts (token ids) → SpeechRollouts with ONE batched decode and ONE transcriber call."""
+    """Rollouts (token ids) → SpeechRollouts with ONE batched decode and ONE transcriber call.
 
-    def __init__(self, vocab: Any, decoder: Any, transcriber: Transcriber) -> None:
+    Voice cloning (a row with ``ref_codes``) with ``decode_with_reference``: the reference codes are decoded
+    together with the completion's, as the public Llasa inference does, and the reference's
+    ``SAMPLES_PER_CODE · len(ref)`` samples are cut from the front. The decoder's GroupNorms and bidirectional
+    attention see the whole sequence, so this is the audio the model's training data implies; the rewarded
+    completion (ids, codes, audio) never includes the reference.
+    """
+
+    def __init__(self, vocab: Any, decoder: Any, transcriber: Transcriber, decode_with_reference: bool = True) -> None:
         self.vocab = vocab  # tts.llasa.SpeechVocab
-        self.decoder = decoder  # tts.codec.XCodec2Decoder
+        self.decoder = decoder  # tts.codec.XCodec2Decoder (anything with decode_batch(codes) -> waveforms)
         self.transcriber = transcriber
+        self.decode_with_reference = decode_with_reference
 
     def __call__(self, rollouts: Rollouts, timings: HookTimings | None = None) -> list[SpeechRollout]:
         if not rollouts.meta:
@@ -110,10 +116,29 @@ class SpeechHook:
                 )
             )
         start = time.perf_counter()
-        audios = self.decoder.decode_batch([c.codes for c in completions])
+        audios = self.decode([c.codes for c in completions], rollouts.meta)
         if timings is not None:
             timings.decode_s += time.perf_counter() - start
         return build_speech_rollouts(rollouts.meta, audios, completions, self.transcriber, timings)
+
+    def decode(self, codes: Sequence[np.ndarray], rows: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
+        """One batched decode; each waveform has ``SAMPLES_PER_CODE · len(codes[i])`` samples."""
+        if len(rows) != len(codes):
+            raise ValueError(f"[reward] {len(rows)} meta rows for {len(codes)} completions")
+        refs = [self._ref_codes(row) for row in rows]
+        joined = [c if r is None or not c.size else np.concatenate([r, c]) for c, r in zip(codes, refs, strict=True)]
+        wavs = self.decoder.decode_batch(joined)
+        out = []
+        for c, ref, wav in zip(codes, refs, wavs, strict=True):
+            cut = 0 if ref is None or not c.size else SAMPLES_PER_CODE * len(ref)
+            out.append(np.asarray(wav, dtype=np.float32)[cut : cut + SAMPLES_PER_CODE * len(c)])
+        return out
+
+    def _ref_codes(self, row: Mapping[str, Any]) -> np.ndarray | None:
+        ref = row.get("ref_codes")
+        if not self.decode_with_reference or ref is None or len(ref) == 0:
+            return None
+        return np.asarray(ref, dtype=np.int64).reshape(-1)
 
 
 def speech_rollouts_from_audio(

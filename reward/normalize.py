@@ -11,25 +11,41 @@ import re
 import jiwer
 from num2words import num2words
 
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _TRANSFORM = jiwer.Compose(
     [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()]
 )
+# Languages that write a decimal comma and group thousands with a point ("1.000,5"); the rest: "1,000.5".
+DECIMAL_COMMA = frozenset({"de", "da", "es", "id", "it", "nl", "pt", "tr"})
+
+
+def _marks(lang: str) -> tuple[str, str]:
+    """(thousands separator, decimal mark) of a language code."""
+    return (".", ",") if lang in DECIMAL_COMMA else (",", ".")
 
 
 def spell_numbers(text: str, language: str) -> str:
-    """'um 8 Uhr' → 'um acht Uhr' (num2words; a decimal comma or point is read as a decimal)."""
+    """'um 8 Uhr' → 'um acht Uhr' with num2words in the clip's language.
+
+    Thousands separators are removed first, only in well-formed groups ("1,000,000" in English, "1.000" in
+    German: one to three digits, then groups of exactly three); then only the language's decimal mark makes a
+    decimal ("3.5" in English, "3,5" in German). Any other '.' or ',' is punctuation: German "8.30 Uhr" reads
+    "acht dreißig Uhr".
+    """
     lang = language.split("-")[0].lower()
+    thousands, decimal = _marks(lang)
+    grouped = re.compile(rf"(?<![\d{re.escape(thousands + decimal)}])\d{{1,3}}(?:{re.escape(thousands)}\d{{3}})+(?!\d)")
+    text = grouped.sub(lambda m: m.group(0).replace(thousands, ""), text)
+    number = re.compile(rf"\d+(?:{re.escape(decimal)}\d+)?")
 
     def words(match: re.Match[str]) -> str:
-        token = match.group(0).replace(",", ".")
+        token = match.group(0)
         try:
-            value: float | int = float(token) if "." in token else int(token)
+            value: float | int = float(token.replace(decimal, ".")) if decimal in token else int(token)
             return f" {num2words(value, lang=lang)} "
         except NotImplementedError:  # a language num2words lacks: leave the digits
-            return match.group(0)
+            return token
 
-    return _NUMBER.sub(words, text)
+    return number.sub(words, text)
 
 
 def normalize(text: str, language: str) -> str:

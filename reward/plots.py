@@ -1,6 +1,6 @@
 """PNG plots of an evaluation (matplotlib's Agg canvas directly: no pyplot, no global backend, no display).
 
-speaking_rate_vs_length.png   chars/s against text length per checkpoint: samples, bin means, fitted line
+speaking_rate_vs_length.png   letters/s against text length per checkpoint: samples, bin means, fitted line
 wer_distribution.png          WER histogram per checkpoint
 failure_rates_by_temperature.png   token-loop, truncation, hang-up and empty rates against temperature
 """
@@ -14,13 +14,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from reward.evaluation import FAILURE_RATES, METRICS, EvalResult, metric_value
+from tts.io import atomic_path
 
 _LABELS = {m.name: m.label for m in METRICS}
 
 
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
 
 
 def _colors(n: int) -> list:
@@ -48,13 +50,13 @@ def plot_rate_vs_length(result: EvalResult, path: Path) -> None:
             marker="o",
             capsize=3,
             color=color,
-            label=f"{name} (slope {slope:+.2f} per 100 chars)" if np.isfinite(slope) else name,
+            label=f"{name} (slope {slope:+.2f} per 100 letters)" if np.isfinite(slope) else name,
         )
     rates = [r.chars_per_second for r in result.records if r.chars_per_second]
     if rates and np.percentile(rates, 95) > 5 * np.percentile(rates, 5):
         ax.set_yscale("log")  # a model that stops or runs on spreads rates over decades
-    ax.set_xlabel("text length (spoken characters)")
-    ax.set_ylabel("speaking rate (characters / s)")
+    ax.set_xlabel("text length (letters, numbers spelled out)")
+    ax.set_ylabel("speaking rate (letters / s)")
     ax.set_title("Speaking rate against text length")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

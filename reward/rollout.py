@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from reward.config import RewardConfig
+from reward.config import RewardConfig, check_rate_band
 from reward.transcribe import Transcript
 
 
@@ -33,5 +31,8 @@ class StepContext:
 
     config: RewardConfig = field(default_factory=RewardConfig)
     step: int = 0
-    rate_band: tuple[float, float] | None = None  # from the training data (tts.data.DataStats); else config
-    extras: Mapping[str, Any] = field(default_factory=dict)
+    rate_band: tuple[float, float] | None = None  # from the data (reward.rate.reference_rate_band); else config
+
+    def __post_init__(self) -> None:
+        if self.rate_band is not None:
+            object.__setattr__(self, "rate_band", check_rate_band(self.rate_band, "speaking-rate band"))

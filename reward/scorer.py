@@ -20,6 +20,7 @@ from reward.normalize import error_rate
 from reward.rollout import SpeechRollout, StepContext
 from reward.terms import get_term
 from reward.transcribe import Transcriber
+from tts.codec import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from grpo.rollouts import Rollouts, Scores
@@ -93,7 +94,7 @@ class SpeechScorer:
     ) -> None:
         self.hook = hook
         self.config = config or RewardConfig()
-        self.rate_band = rate_band
+        self.rate_band = StepContext(self.config, 0, rate_band).rate_band  # checked now, not at the first step
         self.step = 0
         self.last: list[SpeechRollout] = []
 
@@ -117,12 +118,12 @@ class SpeechScorer:
     def write_samples(self, rollouts: Rollouts, scores: Scores, directory: Path, limit: int) -> None:
         """WAV + JSON (text, transcript, terms, reward) of the first ``limit`` completions of the last step."""
         from tts.audio import save_audio
+        from tts.io import write_text
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         for i, (r, d) in enumerate(zip(self.last[:limit], scores.details[:limit], strict=False)):
-            save_audio(directory / f"{i:03d}.wav", r.audio, 16000)
-            (directory / f"{i:03d}.json").write_text(json.dumps(d, ensure_ascii=False, indent=1) + "\n")
+            save_audio(directory / f"{i:03d}.wav", r.audio, SAMPLE_RATE)
+            write_text(directory / f"{i:03d}.json", json.dumps(d, ensure_ascii=False, indent=1) + "\n")
 
 
 def score_audio(

@@ -1,7 +1,8 @@
 """Transcription service for a second GPU: ``python -m reward.service --model ... --device cuda:1``.
 
 GET /health → {"status": "ok", "model": ...}; POST /transcribe {"languages": [..], "audios": [base64 float32]}
-→ {"transcripts": [{text, avg_logprob, no_speech_prob, silent, raw_text}]}. Binds 127.0.0.1 unless told.
+→ {"transcripts": [{text, avg_logprob, no_speech_prob, silent, raw_text}]}; 422 with the reason for bad input.
+Binds 127.0.0.1 unless told.
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ def create_app(transcriber: Transcriber, name: str = ""):
             audios = [decode_audio(a) for a in batch.audios]
         except ValueError as e:
             raise HTTPException(422, f"audios must be base64 float32: {e}") from e
-        with lock:
-            out = transcriber.transcribe(audios, batch.languages)
+        try:
+            with lock:
+                out = transcriber.transcribe(audios, batch.languages)
+        except ValueError as e:  # bad input (e.g. an empty language): the client must not retry it
+            raise HTTPException(422, str(e)) from e
         return {"transcripts": [asdict(t) for t in out]}
 
     return app

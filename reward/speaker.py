@@ -6,6 +6,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from tts.codec import SAMPLE_RATE
+
 
 @lru_cache(maxsize=1)
 def _encoder():
@@ -22,7 +24,7 @@ def _encoder():
 def embed_wav(wav: np.ndarray) -> np.ndarray:
     from resemblyzer import preprocess_wav
 
-    return _encoder().embed_utterance(preprocess_wav(np.asarray(wav, dtype=np.float32), source_sr=16000))
+    return _encoder().embed_utterance(preprocess_wav(np.asarray(wav, dtype=np.float32), source_sr=SAMPLE_RATE))
 
 
 @lru_cache(maxsize=256)

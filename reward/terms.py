@@ -7,19 +7,18 @@ combination. No term decodes or transcribes; they all read the one shared transc
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 
 import numpy as np
 
 from reward.audio_features import repeated_seconds
-from reward.normalize import error_rate, letters, normalize
+from reward.normalize import error_rate, normalize
+from reward.rate import letters_per_second
 from reward.rollout import SpeechRollout, StepContext
-from reward.transcribe import rms_dbfs
+from tts.codec import CODES_PER_SECOND
 
 RewardTerm = Callable[[SpeechRollout, StepContext], "float | None"]
 TERMS: dict[str, RewardTerm] = {}
-CODES_PER_SECOND = 50  # X-Codec2: 320 samples per code at 16 kHz
 
 
 def register(name: str) -> Callable[[RewardTerm], RewardTerm]:
@@ -57,17 +56,29 @@ def max_consecutive_repeats(words: list[str], max_n: int = 4) -> int:
     return best
 
 
+def longest_letter_run(text: str) -> int:
+    """Longest run of one letter ('Feeeeee' → 6); digits and punctuation are not letters."""
+    best, prev, run = 0, "", 0
+    for ch in text:
+        run = run + 1 if ch == prev else 1
+        prev = ch
+        if ch.isalpha():
+            best = max(best, run)
+    return best
+
+
 @register("hangup")
 def hangup(r: SpeechRollout, ctx: StepContext) -> float:
-    """0 if the transcript stutters: a character run ≥ ``hangup_char_run`` (the original `(.)\\1{5,}`) or one
-    word/phrase repeated ≥ ``hangup_word_repeats`` times in a row more often than the text itself does."""
+    """0 if the transcript stutters more than the text does: a run of one letter ≥ ``hangup_char_run`` (the
+    original ``(.)\\1{5,}``, on letters of the normalised transcript, so "1000000" or "......" is no stutter) or
+    one word/phrase repeated ≥ ``hangup_word_repeats`` times in a row."""
     cfg = ctx.config
-    hyp = r.transcript.text
-    if re.search(rf"(.)\1{{{cfg.hangup_char_run - 1},}}", hyp):
+    hyp, ref = normalize(r.transcript.text, r.language), normalize(r.text, r.language)
+    run = longest_letter_run(hyp)
+    if run >= cfg.hangup_char_run and run > longest_letter_run(ref):
         return 0.0
-    hyp_words, ref_words = normalize(hyp, r.language).split(), normalize(r.text, r.language).split()
-    repeats = max_consecutive_repeats(hyp_words)
-    return 0.0 if repeats >= cfg.hangup_word_repeats and repeats > max_consecutive_repeats(ref_words) else 1.0
+    repeats = max_consecutive_repeats(hyp.split())
+    return 0.0 if repeats >= cfg.hangup_word_repeats and repeats > max_consecutive_repeats(ref.split()) else 1.0
 
 
 def longest_code_cycle(codes: np.ndarray, max_period: int) -> tuple[int, int]:
@@ -105,31 +116,34 @@ def audio_repeat(r: SpeechRollout, ctx: StepContext) -> float:
 
     Needs no codes and no ASR: Whisper often transcribes a 100 ms segment looped 20× perfectly."""
     cfg = ctx.config
-    s = repeated_seconds(
-        r.audio, cfg.repeat_min_lag_s, cfg.repeat_max_lag_s, cfg.repeat_similarity, cfg.repeat_min_s, cfg.silence_dbfs
-    )
+    s = repeated_seconds(r.audio, cfg.repeat_min_lag_s, cfg.repeat_max_lag_s, cfg.repeat_similarity, cfg.repeat_min_s)
     return math.exp(-s / cfg.repeat_scale_s)
 
 
 @register("speaking_rate")
 def speaking_rate(r: SpeechRollout, ctx: StepContext) -> float:
-    """Letters per second ρ = letters(text) / duration against the band [lo, hi]:
+    """Letters per second ρ (``reward.rate.letters_per_second``) against the band [lo, hi]:
     1 inside, exp(−(ln(ρ/edge) / tol)²) outside — too fast (the original exploit) or too slow both lose."""
     lo, hi = ctx.rate_band or ctx.config.rate_band
-    if r.duration_s <= 0:
+    rate = letters_per_second(r.text, r.language, r.duration_s)
+    if rate is None:
         return 0.0
-    rate = letters(r.text, r.language) / r.duration_s
     if lo <= rate <= hi:
         return 1.0
     edge = lo if rate < lo else hi
     return math.exp(-((math.log(max(rate, 1e-6) / edge) / ctx.config.rate_tolerance) ** 2))
 
 
+def is_empty(r: SpeechRollout) -> bool:
+    """No audio, or audio the transcriber judged silent (RMS below transcriber.silence_dbfs, or no speech)."""
+    return r.audio.size == 0 or r.transcript.silent
+
+
 @register("complete")
 def complete(r: SpeechRollout, ctx: StepContext) -> float | None:
     """0 for empty or silent audio; else 1 if generation ended with end-of-speech, 0 if cut at the token budget.
     Audible audio of unknown ending (an audio file) is not applicable."""
-    if r.audio.size == 0 or r.transcript.silent or rms_dbfs(r.audio) < ctx.config.silence_dbfs:
+    if is_empty(r):
         return 0.0
     if r.finished is None:
         return None
@@ -138,10 +152,16 @@ def complete(r: SpeechRollout, ctx: StepContext) -> float | None:
 
 @register("speaker_similarity")
 def speaker_similarity(r: SpeechRollout, ctx: StepContext) -> float | None:
-    """max(0, cos(e_ref, e_gen)) of resemblyzer speaker embeddings; needs a reference voice (optional extra)."""
-    if r.ref_audio is None or r.audio.size == 0:
+    """max(0, cos(e_ref, e_gen)) of resemblyzer speaker embeddings; needs a reference voice (optional extra).
+    Empty or silent audio has no voice: 0."""
+    if r.ref_audio is None:
         return None
+    if is_empty(r):
+        return 0.0
     from reward.speaker import embed_file, embed_wav
 
     e_ref, e_gen = embed_file(r.ref_audio), embed_wav(r.audio)
-    return max(0.0, float(np.dot(e_ref, e_gen) / (np.linalg.norm(e_ref) * np.linalg.norm(e_gen) + 1e-8)))
+    cos = float(np.dot(e_ref, e_gen) / (np.linalg.norm(e_ref) * np.linalg.norm(e_gen) + 1e-8))
+    if not math.isfinite(cos):
+        raise ValueError(f"[reward] speaker_similarity: the embedding of {r.ref_audio} or of the clip is not finite")
+    return max(0.0, cos)

@@ -3,29 +3,31 @@
 ``WhisperTranscriber`` runs faster-whisper / CTranslate2 in process. Short clips are batched *across clips*:
 their log-mel features are stacked into one [B, 80, 3000] array and CTranslate2's ``Whisper.generate`` decodes
 all of them in one call (faster-whisper's ``BatchedInferencePipeline`` only batches chunks of one long audio).
-Clips longer than Whisper's 30 s window, or ``batched=False``, go through ``WhisperModel.transcribe``.
+Clips longer than Whisper's 30 s window, or ``batched=False``, go through ``WhisperModel.transcribe``, whose
+30 s segments are gated one by one (a quiet segment is dropped; it does not blank the clip).
 
 Silence gate: the raw batched generate invents text for silence and noise (" you", " Ich bin hier.") with a
 high no-speech probability. A clip is *silent* when its RMS level is below ``silence_dbfs`` or its no-speech
 probability exceeds ``no_speech_threshold`` (and, if ``logprob_threshold`` is set, its average log-prob is
-below it, Whisper's own rule); a silent clip's transcript is "" so no term ever scores a hallucination.
+below it, Whisper's own rule; for long clips, when every 30 s window is); a silent clip's transcript is "" so
+no term ever scores a hallucination.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from reward.config import TranscriberConfig
 from reward.whisper_assets import resolve_model
+from tts.codec import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
-SAMPLE_RATE = 16000
 _WINDOW_SAMPLES = 30 * SAMPLE_RATE
 
 
@@ -41,7 +43,11 @@ class Transcript:
 @runtime_checkable
 class Transcriber(Protocol):
     def transcribe(self, audios: Sequence[np.ndarray], language: str | Sequence[str]) -> list[Transcript]:
-        """16 kHz float32 mono clips → one transcript each; ``language`` for all clips or one per clip."""
+        """16 kHz float32 mono clips → one transcript each; ``language`` for all clips or one per clip.
+
+        The caller resolves each clip's language (the data row's, else ``transcriber.language``); a
+        transcriber uses what it is given.
+        """
         ...
 
 
@@ -82,23 +88,25 @@ class WhisperTranscriber:
 
     # -- public ---------------------------------------------------------------------------------------------
     def transcribe(self, audios: Sequence[np.ndarray], language: str | Sequence[str]) -> list[Transcript]:
-        languages = per_clip_languages(self.config.language or language, len(audios))
+        languages = per_clip_languages(language, len(audios))
         audios = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in audios]
-        raw: list[tuple[str, float | None, float | None] | None] = [None] * len(audios)
-        quiet = [rms_dbfs(a) < self.config.silence_dbfs for a in audios]
-        todo = [i for i, q in enumerate(quiet) if not q]
+        out: list[Transcript | None] = [None] * len(audios)
+        for i, a in enumerate(audios):
+            if rms_dbfs(a) < self.config.silence_dbfs:
+                out[i] = Transcript(text="", silent=True)  # too quiet to ask the model
+        todo = [i for i, t in enumerate(out) if t is None]
         if self.config.batched:
             short = [i for i in todo if len(audios[i]) <= _WINDOW_SAMPLES]
             for lang in sorted({languages[i] for i in short}):
                 same = [i for i in short if languages[i] == lang]
                 for start in range(0, len(same), self.config.batch_size):
                     chunk = same[start : start + self.config.batch_size]
-                    for i, out in zip(chunk, self.generate_batched([audios[i] for i in chunk], lang), strict=True):
-                        raw[i] = out
+                    for i, raw in zip(chunk, self.generate_batched([audios[i] for i in chunk], lang), strict=True):
+                        out[i] = self._gate(*raw)
         for i in todo:
-            if raw[i] is None:
-                raw[i] = self.transcribe_sequential(audios[i], languages[i])
-        return [self._gate(r, q) for r, q in zip(raw, quiet, strict=True)]
+            if out[i] is None:
+                out[i] = self.transcribe_sequential(audios[i], languages[i])
+        return [t for t in out if t is not None]
 
     # -- backends -------------------------------------------------------------------------------------------
     def generate_batched(self, audios: Sequence[np.ndarray], language: str) -> list[tuple[str, float, float]]:
@@ -129,7 +137,8 @@ class WhisperTranscriber:
             out.append((tokenizer.decode(tokens).strip(), float(avg_logprob), float(r.no_speech_prob)))
         return out
 
-    def transcribe_sequential(self, audio: np.ndarray, language: str) -> tuple[str, float | None, float | None]:
+    def transcribe_sequential(self, audio: np.ndarray, language: str) -> Transcript:
+        """``WhisperModel.transcribe`` (30 s windows), each window gated on its own (``speech_segments``)."""
         segments, _ = self.model.transcribe(
             audio,
             language=language,
@@ -138,25 +147,47 @@ class WhisperTranscriber:
             condition_on_previous_text=False,
             without_timestamps=True,
             vad_filter=False,
+            no_speech_threshold=None,  # speech_segments decides, with this project's thresholds
         )
-        segments = list(segments)
-        if not segments:  # faster-whisper dropped every segment as no-speech
-            return "", None, 1.0
-        text = " ".join(s.text.strip() for s in segments).strip()
-        avg = float(np.mean([s.avg_logprob for s in segments]))
-        return text, avg, float(max(s.no_speech_prob for s in segments))
+        return speech_segments(list(segments), self.config.no_speech_threshold, self.config.logprob_threshold)
 
-    def _gate(self, raw: tuple[str, float | None, float | None] | None, quiet: bool) -> Transcript:
-        if raw is None or quiet:
-            return Transcript(text="", silent=True)
-        text, avg, p_ns = raw
-        silent = p_ns is not None and p_ns > self.config.no_speech_threshold
-        if silent and self.config.logprob_threshold is not None and avg is not None:
-            silent = avg < self.config.logprob_threshold
-        silent = silent or not text
+    def _gate(self, text: str, avg: float | None, p_ns: float | None) -> Transcript:
+        silent = not text or is_no_speech(p_ns, avg, self.config.no_speech_threshold, self.config.logprob_threshold)
         return Transcript(
             text="" if silent else text, avg_logprob=avg, no_speech_prob=p_ns, silent=silent, raw_text=text
         )
+
+
+def is_no_speech(
+    no_speech_prob: float | None, avg_logprob: float | None, threshold: float, logprob_threshold: float | None
+) -> bool:
+    """Whisper's rule: p_no_speech > threshold and (if ``logprob_threshold`` is set) avg_logprob below it."""
+    if no_speech_prob is None or no_speech_prob <= threshold:
+        return False
+    return logprob_threshold is None or avg_logprob is None or avg_logprob < logprob_threshold
+
+
+def speech_segments(segments: Sequence[Any], threshold: float, logprob_threshold: float | None) -> Transcript:
+    """The transcript of a clip from its Whisper segments (``text``, ``avg_logprob``, ``no_speech_prob``,
+    ``start``, ``end``).
+
+    Segments judged no-speech (``is_no_speech``) are dropped one by one, so one quiet window does not blank a
+    long transcript; log-prob and no-speech probability are duration-weighted means over the kept segments.
+    If none is kept, the clip is silent (with the mean log-prob and the largest no-speech probability).
+    """
+    raw_text = " ".join(s.text.strip() for s in segments).strip()
+    if not segments:  # nothing decoded at all
+        return Transcript(text="", no_speech_prob=1.0, silent=True)
+    kept = [s for s in segments if not is_no_speech(s.no_speech_prob, s.avg_logprob, threshold, logprob_threshold)]
+    text = " ".join(s.text.strip() for s in kept).strip()
+    if not text:
+        avg = float(np.mean([s.avg_logprob for s in segments]))
+        p_ns = float(max(s.no_speech_prob for s in segments))
+        return Transcript(text="", avg_logprob=avg, no_speech_prob=p_ns, silent=True, raw_text=raw_text)
+    weights = np.asarray([max(s.end - s.start, 1e-3) for s in kept])
+    avg = float(np.average([s.avg_logprob for s in kept], weights=weights))
+    p_ns = float(np.average([s.no_speech_prob for s in kept], weights=weights))
+    return Transcript(text=text, avg_logprob=avg, no_speech_prob=p_ns, silent=False, raw_text=raw_text)
 
 
 def make_transcriber(config: TranscriberConfig) -> Transcriber:

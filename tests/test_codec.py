@@ -111,6 +111,18 @@ def test_torch_checkpoint_loads_the_same(tiny_codec_dir: Path, tiny_codec: XCode
     (tmp_path / "config.json").write_text((tiny_codec_dir / "config.json").read_text())
     codes = torch.randint(0, 65536, (1, 9))
     assert torch.equal(XCodec2Decoder.from_pretrained(tmp_path).decode(codes), tiny_codec.decode(codes))
+    # a pre-zip torch file cannot be memory-mapped: it still loads (without mmap), and is not blamed on weights_only
+    state = load_file(str(tiny_codec_dir / "model.safetensors"))
+    torch.save(state, tmp_path / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    assert torch.equal(XCodec2Decoder.from_pretrained(tmp_path).decode(codes), tiny_codec.decode(codes))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not a checkpoint" * 8)
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin: not a readable torch checkpoint"):
+        XCodec2Decoder.from_pretrained(tmp_path)
+    torch.save({**state, "meta": ValueError("x")}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(
+        ValueError, match=r"holds an object besides tensors \(exceptions\.ValueError\).*weights_only=True"
+    ):
+        XCodec2Decoder.from_pretrained(tmp_path)
 
 
 def test_strict_key_checking_names_the_keys(tiny_codec_dir: Path, tmp_path: Path) -> None:

@@ -1,15 +1,16 @@
-"""Datasets (JSONL/CSV) with bad rows reported by line, speaking-rate statistics, and audio I/O."""
+"""Datasets (JSONL/CSV) with bad rows reported by line, reference durations, reference codes, and audio I/O."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tts.audio import load_audio, save_audio
-from tts.data import DataError, Example, compute_stats, load_examples, spoken_chars
+from tts.data import DataError, Example, load_examples, reference_durations
 
 
 def _tone(seconds: float, sr: int = 16000) -> np.ndarray:
@@ -83,20 +84,17 @@ def test_csv_rows_and_multiline_fields(tmp_path: Path) -> None:
         load_examples(tmp_path / "nohead.csv")
 
 
-def test_stats_speaking_rate_band_and_charset(tmp_path: Path) -> None:
+def test_reference_durations_once_per_file(tmp_path: Path) -> None:
     examples = []
-    for i, seconds in enumerate([1.0, 2.0, 4.0]):
-        wav = tmp_path / f"{i}.wav"
+    for i, seconds in enumerate([1.0, 2.0, 1.0]):
+        wav = tmp_path / f"{i % 2}.wav"  # rows 1 and 3 share a file
         save_audio(wav, _tone(seconds))
-        examples.append(Example(text="Ab", ref_audio=str(wav), ref_text="zwanzig Zeichen, ja! hier", line=i + 1))
+        examples.append(Example(text="Ab", ref_audio=str(wav), ref_text="zwanzig Zeichen", line=i + 1))
     examples.append(Example(text="Über", line=9))
-    stats = compute_stats(examples, band=(0.0, 100.0))
-    assert spoken_chars("zwanzig Zeichen, ja! hier") == 20
-    assert stats.num_references == 3
-    assert stats.chars_per_second == pytest.approx((5.0, 20.0))
-    assert stats.mean_chars_per_second == pytest.approx((20 + 10 + 5) / 3)
-    assert {"Ü", "!", ",", " ", "z"} <= stats.charset and "q" not in stats.charset
-    assert compute_stats([Example(text="x")]).chars_per_second is None
+    assert reference_durations(examples) == {str(tmp_path / "0.wav"): 1.0, str(tmp_path / "1.wav"): 2.0}
+    assert reference_durations([Example(text="x")]) == {}
+    with pytest.raises(ValueError, match="line 4: unreadable ref_audio"):
+        reference_durations([Example(text="x", ref_audio=str(tmp_path / "none.wav"), ref_text="y", line=4)])
 
 
 def test_audio_roundtrip_resample_and_errors(tmp_path: Path) -> None:
@@ -147,3 +145,27 @@ def test_reference_codes_cached_by_content(tmp_path: Path) -> None:
     bad = ReferenceCodes("x/y", tmp_path / "cache", encoder=lambda p: np.array([1, 70000]))
     with pytest.raises(ValueError, match=r"outside \[0, 65535\]"):
         bad.get(tmp_path / "a.wav")
+
+
+def test_cached_codes_are_checked_on_load_and_files_hashed_once(tmp_path: Path, monkeypatch) -> None:
+    import tts.reference as reference
+
+    save_audio(tmp_path / "a.wav", _tone(0.5))
+    cache = reference.ReferenceCodes("HKUSTAudio/xcodec2", tmp_path / "cache")
+    target = cache.path_for(tmp_path / "a.wav")
+    target.parent.mkdir(parents=True)
+    np.save(target, np.array([3, 65536]))  # a corrupt (or foreign) cache entry
+    with pytest.raises(ValueError, match=rf"cache file {re.escape(str(target))}.*outside \[0, 65535\].*delete"):
+        cache.get(tmp_path / "a.wav")
+    np.save(target, np.array([3, 4]))
+
+    hashed: list[str] = []
+    real = reference.file_sha256
+    monkeypatch.setattr(reference, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    fresh = reference.ReferenceCodes("HKUSTAudio/xcodec2", tmp_path / "cache")
+    assert fresh.get(tmp_path / "a.wav").tolist() == [3, 4] and fresh.get(tmp_path / "a.wav").tolist() == [3, 4]
+    assert hashed == ["a.wav"]  # the second get reuses the hash of the unchanged file
+    save_audio(tmp_path / "a.wav", _tone(0.9))  # edited (same length): hashed again, and a miss
+    with pytest.raises(FileNotFoundError):
+        fresh.get(tmp_path / "a.wav")
+    assert hashed == ["a.wav", "a.wav"]

@@ -133,8 +133,18 @@ def test_prompt_errors(tokenizer: Any) -> None:
         build_prompt_ids(tokenizer, fmt, "Hallo", ref_text="Hi")
     with pytest.raises(ValueError, match="empty text"):
         build_prompt_ids(tokenizer, fmt, "  ")
-    with pytest.raises(ValueError, match="speech-token strings"):
+    with pytest.raises(ValueError, match=r"token string '<\|s_3\|>'"):
         build_prompt_ids(tokenizer, fmt, "a <|s_3|> b", ref_text="x", ref_codes=[1])
+    with pytest.raises(ValueError, match=r"token string '<\|s_3\|>'"):  # checked without cloning too
+        build_prompt_ids(tokenizer, fmt, "a <|s_3|> b")
+    with pytest.raises(ValueError, match="SPEECH_GENERATION_END"):
+        build_prompt_ids(tokenizer, fmt, "a <|SPEECH_GENERATION_END|> b")
+    with pytest.raises(ValueError, match="empty ref_text"):
+        build_prompt_ids(tokenizer, fmt, "Hallo", ref_text="  ", ref_codes=[1])
+    # text is stripped with or without cloning: the same prompt either way
+    assert build_prompt_ids(tokenizer, fmt, "  Hallo \n") == build_prompt_ids(tokenizer, fmt, "Hallo")
+    cloned = build_prompt_ids(tokenizer, fmt, " Hallo ", ref_text=" Guten Tag. ", ref_codes=[1])
+    assert cloned == build_prompt_ids(tokenizer, fmt, "Hallo", ref_text="Guten Tag.", ref_codes=[1])
     with pytest.raises(ValueError, match=r"must contain \{text\}"):
         PromptFormat(user_template="no placeholder")
 
@@ -171,8 +181,8 @@ def test_split_completion(vocab: SpeechVocab) -> None:
     mixed = vocab.split_completion([s + 1, stray, 42, s + 2, vocab.stop_id])
     assert mixed.codes.tolist() == [1, 2] and mixed.finished and mixed.stray_tokens == 2
 
-    padded = vocab.split_completion([s + 4, vocab.pad_id, vocab.pad_id])  # right padding of a batch row
-    assert padded.codes.tolist() == [4] and padded.stray_tokens == 0
+    generated_pad = vocab.split_completion([s + 4, vocab.pad_id])  # input is unpadded: a pad id was generated
+    assert generated_pad.codes.tolist() == [4] and generated_pad.stray_tokens == 1 and not generated_pad.finished
 
     empty = vocab.split_completion([vocab.stop_id])
     assert empty.codes.size == 0 and empty.finished

@@ -121,3 +121,32 @@ def test_audio_scoring_uses_the_same_path_and_leaves_code_terms_out(whisper, tmp
     assert [line["audio"].rsplit("/", 1)[-1] for line in lines] == ["dog.wav", "dog-fast.wav"]
     assert lines[1]["terms"]["speaking_rate"] < 1.0 == lines[0]["terms"]["speaking_rate"]
     assert lines[1]["reward"] < lines[0]["reward"]
+
+
+def test_cloning_decodes_reference_and_completion_together_then_cuts(tiny, whisper):
+    """As the public Llasa inference: decode(ref + completion)[320·len(ref):], not decode(completion)."""
+    vocab, decoder = tiny
+    rng = np.random.default_rng(1)
+    ref, comp = rng.integers(0, 65536, 40), rng.integers(0, 65536, 30)
+    ids = [*vocab.codes_to_ids(comp).tolist(), vocab.stop_id]
+    row = {"text": "Der Zug fährt um acht Uhr ab.", "language": "de", "ref_codes": ref}
+    rollouts = Rollouts(
+        prompt_ids=torch.ones(2, 3, dtype=torch.long),
+        prompt_mask=torch.ones(2, 3, dtype=torch.long),
+        completion_ids=torch.tensor([ids, ids]),
+        completion_mask=torch.ones(2, len(ids), dtype=torch.long),
+        group_size=2,
+        finished=torch.tensor([True, True]),
+        meta=(row, {**row, "ref_codes": None}),  # the second row does not clone
+    )
+    with_ref, alone = SpeechHook(vocab, decoder, whisper)(rollouts)
+    assert len(with_ref.audio) == len(alone.audio) == 320 * len(comp)
+    joined = decoder.decode_batch([np.concatenate([ref, comp])])[0][320 * len(ref) :]
+    np.testing.assert_allclose(with_ref.audio, joined, atol=1e-5)
+    np.testing.assert_allclose(alone.audio, decoder.decode_batch([comp])[0], atol=1e-5)
+    assert np.abs(with_ref.audio - alone.audio).max() > 0.1 * np.abs(alone.audio).max()  # the context matters
+    # what is rewarded is the completion only: its ids and codes, never the reference
+    assert with_ref.completion_ids == tuple(ids) and with_ref.codes.tolist() == comp.tolist()
+    off = SpeechHook(vocab, decoder, whisper, decode_with_reference=False).decode([comp], [row])[0]
+    np.testing.assert_allclose(off, alone.audio, atol=1e-5)
+    assert SpeechHook(vocab, decoder, whisper).decode([comp[:0]], [row])[0].size == 0  # nothing generated

@@ -1,13 +1,16 @@
 """Pure reward terms, normalisation and combination (no ASR; one espeak clip for the audio-level term)."""
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
+from grpo.config import ConfigError, FieldError, load_config
 from reward.combine import active_terms, combine
 from reward.config import RewardConfig, TranscriberConfig
 from reward.normalize import error_rate, letters, normalize
+from reward.rate import letters_per_second, reference_rate_band
 from reward.rollout import SpeechRollout, StepContext
 from reward.terms import TERMS, get_term, longest_code_cycle, max_consecutive_repeats
 from reward.transcribe import Transcript
@@ -32,6 +35,20 @@ def test_numbers_are_spelled_out_on_both_sides():
     assert letters("um 8 Uhr", "de") == len("umachtuhr")
 
 
+def test_thousands_separators_and_decimal_marks_per_language():
+    assert normalize("1,000", "en") == "one thousand"  # not 1.0 → "one"
+    assert normalize("1,000,000 people", "en") == "one million people"
+    assert normalize("1.000", "de") == "eintausend"  # not "eins"
+    assert normalize("1.000.000 Leute", "de-DE") == "eine million leute"
+    assert normalize("3,5", "de") == "drei komma fünf"
+    assert normalize("3.5", "en") == "three point five"
+    assert normalize("1,000.5", "en") == normalize("1000.5", "en") == "one thousand point five"
+    assert normalize("1.000,5", "de") == "eintausend komma fünf"
+    assert normalize("um 8.30 Uhr", "de") == "um acht dreißig uhr"  # '.' is no decimal mark in German
+    assert error_rate("Es kostet 1.000 Euro.", "es kostet tausend euro", "de") == pytest.approx(0.25)
+    assert error_rate("It costs 1,000 dollars.", "it costs one thousand dollars", "en") == 0.0
+
+
 def test_wer_term_is_exp_minus_wer_and_cer_variant():
     assert get_term("wer")(rollout(said="der zug fährt um acht uhr ab"), CTX) == 1.0
     r = rollout(text="eins zwei drei vier", said="eins zwei drei")
@@ -54,6 +71,16 @@ def test_hangup_character_run_and_word_run():
     assert max_consecutive_repeats("a b a b a b c".split()) == 3
 
 
+def test_hangup_ignores_digit_and_punctuation_runs_and_runs_the_text_has():
+    term = get_term("hangup")
+    # correct transcripts that the original regex `(.)\1{5,}` flags
+    assert term(rollout(text="Eine Million: 1000000 Euro.", said="Eine Million: 1000000 Euro."), CTX) == 1.0
+    assert term(rollout(text="Warte ... und dann", said="Warte...... und dann"), CTX) == 1.0
+    assert term(rollout(text="Er rief Aaaaaaah!", said="Er rief Aaaaaaah!"), CTX) == 1.0  # the text has the run
+    assert term(rollout(text="Er rief Aaaaaaah!", said="Er rief Aaaaaaaaaaaaaaah!"), CTX) == 0.0  # longer: stutter
+    assert term(rollout(said="Der Zug nach Mmmmmmmünchen"), CTX) == 0.0  # case-insensitive, like the word rule
+
+
 def test_token_loop_finds_cycles_in_codes_only():
     rng = np.random.default_rng(0)
     clean = rng.integers(0, 65536, 200)
@@ -74,6 +101,24 @@ def test_speaking_rate_band():
     assert too_fast == pytest.approx(math.exp(-((math.log(20 / 17) / 0.15) ** 2)))
     assert too_slow < 0.1 and too_fast < 0.5
     assert term(rollout(text=text, seconds=37 / 20), StepContext(RewardConfig(), rate_band=(10, 25))) == 1.0
+    # digits count as the words they are spoken as: "3" is "drei" (4 letters), also in evaluation's rate
+    assert letters_per_second("Er hat 3 Bücher.", "de", 1.0) == len("erhatdreibücher")
+    r = rollout(text="Er hat 3 Bücher.", seconds=len("erhatdreibücher") / 17)
+    assert term(r, StepContext(RewardConfig(), rate_band=(16.9, 17.1))) == 1.0
+    with pytest.raises(ValueError, match=r"speaking-rate band=\(12\.0, 12\.0\): need 0 < low < high"):
+        StepContext(RewardConfig(), rate_band=(12.0, 12.0))
+
+
+def test_rate_band_from_references_needs_enough_clips():
+    cfg = RewardConfig(rate_band=(9.0, 17.0), rate_min_references=5)
+    one_voice = [("Zwölf Boxkämpfer jagen Viktor.", "de", 2.0)]  # 26 letters / 2 s: percentiles would be (13, 13)
+    assert reference_rate_band(one_voice, cfg)[0] == (9.0, 17.0)
+    refs = [("Er hat 3 Bücher.", "de", len("erhatdreibücher") / rate) for rate in (10, 11, 12, 13, 14, 15)]
+    (lo, hi), where = reference_rate_band(refs, cfg)
+    assert (lo, hi) == pytest.approx(tuple(np.percentile([10, 11, 12, 13, 14, 15], [5, 95])))
+    assert "6 reference clips" in where
+    with pytest.raises(ValueError, match=r"6 reference clips.*need 0 < low < high.*rate_min_references"):
+        reference_rate_band([one_voice[0]] * 6, cfg)
 
 
 def test_complete_silence_and_finish():
@@ -82,20 +127,33 @@ def test_complete_silence_and_finish():
     assert term(rollout(finished=False), CTX) == 0.0
     assert term(rollout(finished=None), CTX) is None
     assert term(rollout(finished=True, transcript=Transcript("", silent=True)), CTX) == 0.0
-    assert term(rollout(finished=True, audio=np.zeros(16000, np.float32)), CTX) == 0.0
     assert term(rollout(finished=True, audio=np.zeros(0, np.float32)), CTX) == 0.0
+    # without a voice the speaker similarity is 0, not "not applicable" (None would drop the term and raise the
+    # reward of an empty clip to the mean of the others)
+    sim = get_term("speaker_similarity")
+    assert sim(rollout(ref_audio="ref.wav", audio=np.zeros(0, np.float32)), CTX) == 0.0
+    assert sim(rollout(ref_audio="ref.wav", transcript=Transcript("", silent=True)), CTX) == 0.0
+    assert sim(rollout(), CTX) is None  # no reference voice
 
 
 def test_combination_weighted_mean_skips_none_and_gates_scale():
-    cfg = RewardConfig(weights={"a": 1.0, "b": 3.0, "c": 1.0}, gates={"g": 0.5}, gate_floor=0.2)
-    assert active_terms(cfg) == ["a", "b", "c", "g"]
-    assert combine({"a": 1.0, "b": 0.5, "c": None, "g": 1.0}, cfg) == (pytest.approx(2.5 / 4), False)
-    total, gated = combine({"a": 1.0, "b": 0.5, "c": None, "g": 0.0}, cfg)
+    cfg = RewardConfig(weights={"wer": 1.0, "hangup": 3.0, "complete": 1.0}, gates={"token_loop": 0.5}, gate_floor=0.2)
+    assert active_terms(cfg) == ["wer", "hangup", "complete", "token_loop"]
+    assert combine({"wer": 1.0, "hangup": 0.5, "complete": None, "token_loop": 1.0}, cfg) == (
+        pytest.approx(2.5 / 4),
+        False,
+    )
+    total, gated = combine({"wer": 1.0, "hangup": 0.5, "complete": None, "token_loop": 0.0}, cfg)
     assert gated and total == pytest.approx(0.2 * 2.5 / 4)
-    assert combine({"a": None, "b": None, "g": None}, cfg) == (0.0, False)
+    assert combine({"wer": None, "hangup": None, "token_loop": None}, cfg) == (0.0, False)
 
 
-def test_registry_and_config_errors_name_the_field():
+@dataclass(frozen=True)
+class _Root:
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+
+def test_registry_and_config_errors_name_the_field(tmp_path):
     assert {"wer", "hangup", "token_loop", "audio_repeat", "speaking_rate", "complete"} <= set(TERMS)
     with pytest.raises(KeyError, match="unknown term 'nope'"):
         get_term("nope")
@@ -105,6 +163,25 @@ def test_registry_and_config_errors_name_the_field():
         RewardConfig(rate_band=(20.0, 10.0))
     with pytest.raises(ValueError, match="backend"):
         TranscriberConfig(backend="grpc")
+    # term names and parameters are checked when the config is built, before any model loads
+    with pytest.raises(FieldError, match=r"weights\.speling_rate=1\.0: unknown reward term; known terms: .*wer"):
+        RewardConfig(weights={"wer": 1.0, "speling_rate": 1.0})
+    with pytest.raises(FieldError, match=r"gates\.nope"):
+        RewardConfig(gates={"nope": 0.5})
+    for bad, key in (
+        ({"rate_tolerance": 0.0}, "rate_tolerance"),
+        ({"repeat_scale_s": -1.0}, "repeat_scale_s"),
+        ({"hangup_char_run": 1}, "hangup_char_run"),
+        ({"weights": {"wer": 0.0, "hangup": 0.0}}, "weights"),
+        ({"gates": {"complete": 1.5}}, "gates.complete"),
+    ):
+        with pytest.raises(FieldError) as e:
+            RewardConfig(**bad)
+        assert e.value.key == key
+    path = tmp_path / "r.toml"
+    path.write_text("[reward.weights]\nwer = 1.0\nspeking_rate = 1.0\n")
+    with pytest.raises(ConfigError, match=r"r\.toml: reward\.weights\.speking_rate=1\.0: unknown reward term"):
+        load_config(_Root, path)
 
 
 def test_audio_repeat_catches_a_hangup_on_real_speech(tmp_path):

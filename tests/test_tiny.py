@@ -46,3 +46,49 @@ def test_builds_are_deterministic(tmp_path: Path) -> None:
     d1 = XCodec2Decoder.from_pretrained(a).decode_batch([np.arange(4)])[0]
     d2 = XCodec2Decoder.from_pretrained(c).decode_batch([np.arange(4)])[0]
     assert not np.allclose(d1, d2)
+
+
+def test_recipe_prompts_resolve_language_once_and_normalise_ref_text(tmp_path: Path) -> None:
+    """One language rule (row, else transcriber.language) in meta; ref_text normalised like text; the
+    reference codes travel in meta for the decoder; one reference clip keeps the config's rate band."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    import recipe
+    from tts.audio import save_audio
+    from tts.llasa import build_prompt_ids
+    from tts.reference import ReferenceCodes
+
+    save_audio(tmp_path / "ref.wav", np.sin(np.arange(32000) / 10).astype(np.float32) * 0.3)
+    ReferenceCodes("HKUSTAudio/xcodec2", tmp_path / "codes", encoder=lambda p: np.arange(7)).get(tmp_path / "ref.wav")
+    rows = [
+        {"text": "Guten  Morgen.", "language": "de"},
+        {"text": "Good morning."},
+        {"text": "Und “noch” einmal.", "ref_audio": "ref.wav", "ref_text": "„Hallo“ – sagte er."},
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    cfg = recipe.load(
+        "tiny.toml",
+        [f"data.path={json.dumps(str(tmp_path / 'd.jsonl'))}", "transcriber.language=en", "data.allowed_chars='*'",
+         f"reference.cache_dir={json.dumps(str(tmp_path / 'codes'))}"],
+    )  # fmt: skip
+    from tts.data import load_examples
+
+    examples = load_examples(cfg.data.path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets()[0])
+    vocab = SpeechVocab.from_tokenizer(tokenizer)
+    prompts = recipe.build_prompts(cfg, examples, tokenizer, vocab)
+    assert [p.meta["language"] for p in prompts] == ["de", "en", "en"]  # the row's language wins
+    cloned = prompts[2]
+    assert cloned.meta["ref_text"] == '"Hallo" - sagte er.' and cloned.meta["text"] == 'Und "noch" einmal.'
+    assert cloned.meta["ref_codes"].tolist() == list(range(7)) and prompts[0].meta["ref_codes"] is None
+    expected = build_prompt_ids(
+        tokenizer, cfg.model.prompt_format(), 'Und "noch" einmal.', ref_text='"Hallo" - sagte er.',
+        ref_codes=np.arange(7), vocab=vocab,
+    )  # fmt: skip
+    assert list(cloned.ids) == expected
+
+    scorer = recipe.build_scorer(cfg, vocab, examples)
+    assert scorer.rate_band == cfg.reward.rate_band  # one clip: percentiles would collapse to one rate
+    assert scorer.hook.decode_with_reference

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tts.codec import SAMPLE_RATE
+from tts.io import atomic_path
 
 
 def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -31,18 +31,16 @@ def save_audio(path: str | os.PathLike[str], wav: np.ndarray, sample_rate: int =
     import soundfile as sf
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     a = np.asarray(wav, dtype=np.float32)
     if a.ndim != 1:
         raise ValueError(f"[tts] save_audio {out}: expected a mono waveform [n], got shape {a.shape}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=out.suffix or ".wav", dir=out.parent)
-    os.close(fd)
-    try:
+    wav_format = out.suffix.lower() in ("", ".wav")
+    with atomic_path(out) as tmp:
         sf.write(
-            tmp, np.clip(a, -1.0, 1.0), sample_rate, subtype="PCM_16" if out.suffix.lower() in ("", ".wav") else None
+            str(tmp),
+            np.clip(a, -1.0, 1.0),
+            sample_rate,
+            subtype="PCM_16" if wav_format else None,
+            format="WAV" if wav_format else None,
         )
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -313,14 +314,14 @@ class XCodec2Decoder(nn.Module):
         """Write ``model.safetensors`` (+ any ``extra`` tensors, e.g. non-decoder keys) and ``config.json``."""
         from safetensors.torch import save_file
 
+        from tts.io import atomic_path, write_text
+
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         tensors.update({k: v.detach().cpu().contiguous() for k, v in (extra or {}).items()})
-        save_file(tensors, str(out / WEIGHT_FILES[0]), metadata={"format": "pt"})
-        (out / CONFIG_FILE).write_text(
-            json.dumps({"model_type": "xcodec", CONFIG_KEY: self.config.to_dict()}, indent=2)
-        )
+        with atomic_path(out / WEIGHT_FILES[0]) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        write_text(out / CONFIG_FILE, json.dumps({"model_type": "xcodec", CONFIG_KEY: self.config.to_dict()}, indent=2))
         return out
 
     # -- decoding ------------------------------------------------------------------------------------------
@@ -450,12 +451,33 @@ def _read_decoder_state(weights: Path) -> dict[str, Tensor]:
 
         with safe_open(str(weights), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys() if keep(k)}
-    try:
-        obj = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise ValueError(f"[tts] codec checkpoint {weights}: cannot load it with weights_only=True ({e})") from e
+    obj = _torch_load(weights)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]  # a Lightning checkpoint
     if not isinstance(obj, dict):
         raise ValueError(f"[tts] codec checkpoint {weights}: expected a state dict, got {type(obj).__name__}")
     return {k: v for k, v in obj.items() if keep(k)}
+
+
+def _torch_load(weights: Path) -> object:
+    """``torch.load(weights_only=True)``, memory-mapped where the file format allows it.
+
+    Files from before torch's zip format cannot be memory-mapped: those load without mmap. The error blames
+    weights_only only when it refused an object; other failures (truncated file, not a checkpoint) say so.
+    """
+    try:
+        try:
+            return torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(weights, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
+    except Exception as e:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if refused:  # a real object, which weights_only refuses to build
+            raise ValueError(
+                f"[tts] codec checkpoint {weights}: holds an object besides tensors ({refused.group(1)}), which "
+                "torch.load(weights_only=True) refuses to build; convert the checkpoint to model.safetensors"
+            ) from e
+        detail = re.sub(r"\s+", " ", str(e)).strip()[:300]
+        raise ValueError(f"[tts] codec checkpoint {weights}: not a readable torch checkpoint ({detail})") from e

@@ -45,6 +45,9 @@ class CodecConfig:
     dtype: str = "float32"
     batch_size: int = 16
     exact_batches: bool = True  # decode only equal lengths together: waveforms independent of the batch
+    # Voice cloning: decode the reference codes and the completion together, then cut the reference's samples
+    # off, as the public Llasa inference does (the decoder's GroupNorm and attention see the whole sequence).
+    decode_with_reference: bool = True
 
     def __post_init__(self) -> None:
         torch_dtype(self.dtype, key="codec.dtype")

@@ -1,4 +1,4 @@
-"""Datasets of texts to synthesise (JSONL or CSV) and the statistics the reward needs.
+"""Datasets of texts to synthesise (JSONL or CSV) and the durations of their reference audio.
 
 One row per prompt: ``text`` (required), optional ``ref_audio`` + ``ref_text`` (voice cloning; both or neither),
 ``speaker``, ``language``. Relative audio paths are resolved against the data file's folder. Bad rows are
@@ -15,8 +15,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -165,38 +163,16 @@ def _audio_duration(path: str) -> float:
     return info.frames / info.samplerate
 
 
-# ---------------------------------------------------------------------------------------------- statistics
+# ---------------------------------------------------------------------------------------------- references
 
 
-def spoken_chars(text: str) -> int:
-    """Characters that take time to speak: letters and digits (spaces and punctuation vary between writers)."""
-    return sum(ch.isalnum() for ch in text)
-
-
-@dataclass(frozen=True)
-class DataStats:
-    chars_per_second: tuple[float, float] | None  # (5th, 95th) percentile over reference audios; None: none
-    mean_chars_per_second: float | None
-    num_references: int
-    charset: frozenset[str]  # every character of text and ref_text
-
-
-def compute_stats(examples: Iterable[Example], *, band: tuple[float, float] = (5.0, 95.0)) -> DataStats:
-    """Speaking rate ``spoken_chars(ref_text) / duration(ref_audio)`` of each distinct reference, and the charset."""
-    charset: set[str] = set()
-    rates: dict[str, float] = {}
+def reference_durations(examples: Iterable[Example]) -> dict[str, float]:
+    """Seconds of each distinct ``ref_audio`` (the reward derives its speaking-rate band from these)."""
+    out: dict[str, float] = {}
     for ex in examples:
-        charset.update(ex.text)
-        if ex.ref_text:
-            charset.update(ex.ref_text)
-        if ex.ref_audio and ex.ref_text and ex.ref_audio not in rates:
+        if ex.ref_audio and ex.ref_audio not in out:
             try:
-                seconds = _audio_duration(ex.ref_audio)
+                out[ex.ref_audio] = _audio_duration(ex.ref_audio)
             except ValueError as e:
                 raise ValueError(f"[tts] data row at line {ex.line}: {e}") from e
-            rates[ex.ref_audio] = spoken_chars(ex.ref_text) / seconds
-    values = np.asarray(list(rates.values()), dtype=np.float64)
-    if values.size == 0:
-        return DataStats(None, None, 0, frozenset(charset))
-    lo, hi = np.percentile(values, band)
-    return DataStats((float(lo), float(hi)), float(values.mean()), int(values.size), frozenset(charset))
+    return out

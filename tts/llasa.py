@@ -13,6 +13,7 @@ what the model adds after the prompt; the reference codes belong to the prompt.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +43,8 @@ CONTROL_TOKENS = (
     SPEECH_UNDERSTANDING_END,
 )
 NUM_CODES = 65536
+# Speech-token and control-token strings: in a text they would tokenise to those tokens.
+_TOKEN_TEXT = re.compile(r"<\|s_\d+\|>|" + "|".join(re.escape(t) for t in CONTROL_TOKENS))
 
 
 def speech_token(code: int) -> str:
@@ -122,18 +125,16 @@ class SpeechVocab:
         return a - self.first_id
 
     def split_completion(self, ids: Sequence[int] | np.ndarray) -> SpeechCompletion:
-        """Codes of a completion up to its stop token; tokens after the stop token are ignored.
+        """Codes of one unpadded completion (``Rollouts.completion_lists``) up to its stop token; tokens after
+        the stop token are ignored.
 
         Non-speech tokens before the stop (other control tokens, text) are counted as ``stray_tokens`` and
-        dropped: they never reach the codec. Trailing padding of an unfinished completion is not stray.
+        dropped: they never reach the codec.
         """
         a = np.asarray(ids, dtype=np.int64)
         stops = np.flatnonzero(a == self.stop_id)
         finished = bool(stops.size)
         body = a[: stops[0]] if finished else a
-        if not finished and self.pad_id is not None and self.pad_id != self.stop_id:
-            non_pad = np.flatnonzero(body != self.pad_id)
-            body = body[: non_pad[-1] + 1] if non_pad.size else body[:0]
         speech = self.is_speech(body)
         return SpeechCompletion(
             codes=body[speech] - self.first_id, finished=finished, stray_tokens=int(body.size - speech.sum())
@@ -165,9 +166,17 @@ def build_prompt_ids(
     """
     if (ref_text is None) != (ref_codes is None):
         raise ValueError("[tts] voice cloning needs both ref_text and ref codes (ref_audio); got only one")
-    if not text.strip():
+    text = text.strip()
+    if not text:
         raise ValueError("[tts] empty text: nothing to synthesise")
-    full_text = text if ref_text is None else f"{ref_text.strip()} {text.strip()}"
+    if ref_text is not None:
+        ref_text = ref_text.strip()
+        if not ref_text:
+            raise ValueError("[tts] empty ref_text: voice cloning needs the reference audio's transcript")
+    full_text = text if ref_text is None else f"{ref_text} {text}"
+    token_text = _TOKEN_TEXT.search(full_text)
+    if token_text:
+        raise ValueError(f"[tts] the prompt text contains the token string {token_text.group(0)!r}: {full_text[:80]!r}")
     user = fmt.user_template.format(text=full_text)
     if getattr(tokenizer, "chat_template", None):
         chat = [{"role": "user", "content": user}, {"role": "assistant", "content": fmt.assistant_prefix}]
@@ -182,8 +191,6 @@ def build_prompt_ids(
     ids = list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
     if ref_codes is not None:
         vocab = vocab or SpeechVocab.from_tokenizer(tokenizer, fmt.stop_token)
-        if vocab.is_speech(ids).any():
-            raise ValueError(f"[tts] the prompt text contains speech-token strings: {full_text[:80]!r}")
         ids.extend(vocab.codes_to_ids(ref_codes).tolist())
     return ids
 

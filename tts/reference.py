@@ -19,20 +19,19 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from tts.codec import NUM_CODES, SAMPLE_RATE
+from tts.io import atomic_path, cache_root
 
 EncodeFn = Callable[[Path], np.ndarray]  # audio file -> int codes [T]
 
 
 def default_cache_dir() -> Path:
-    root = Path(os.environ.get("LLASA_GRPO_CACHE", Path.home() / ".cache" / "llasa-grpo")).expanduser()
-    return root / "reference-codes"
+    return cache_root() / "reference-codes"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -60,20 +59,32 @@ class ReferenceCodes:
         self.dir = (Path(cache_dir) if cache_dir else default_cache_dir()) / re.sub(r"[^A-Za-z0-9._-]+", "--", codec)
         self.encoder = encoder
         self._memory: dict[str, np.ndarray] = {}
+        self._hashes: dict[tuple[str, int, int, int], str] = {}  # (path, inode, mtime_ns, size) -> sha256
 
     def path_for(self, audio: str | os.PathLike[str]) -> Path:
-        return self.dir / f"{file_sha256(audio)}.npy"
+        return self.dir / f"{self.content_hash(audio)}.npy"
+
+    def content_hash(self, audio: str | os.PathLike[str]) -> str:
+        """sha256 of the file, hashed again only when it changed (inode, modification time or size)."""
+        st = os.stat(audio)
+        key = (os.path.abspath(audio), st.st_ino, st.st_mtime_ns, st.st_size)
+        if key not in self._hashes:
+            self._hashes[key] = file_sha256(audio)
+        return self._hashes[key]
 
     def has(self, audio: str | os.PathLike[str]) -> bool:
         return self.path_for(audio).is_file()
 
     def get(self, audio: str | os.PathLike[str]) -> np.ndarray:
         """int64 codes [T] of ``audio``; encodes and stores them on a cache miss if an encoder is set."""
-        target = self.path_for(audio)  # hashing each time: an edited file must not hit a stale entry
+        target = self.path_for(audio)  # by content: an edited file must not hit a stale entry
         if target.name in self._memory:
             return self._memory[target.name]
         if target.is_file():
-            codes = np.load(target, allow_pickle=False)
+            try:
+                codes = self._check(np.load(target, allow_pickle=False), f"{audio} (cache file {target})")
+            except ValueError as e:
+                raise ValueError(f"{e}; delete {target} and encode the reference again") from None
         elif self.encoder is None:
             raise FileNotFoundError(
                 f"[tts] no cached codes for reference {audio} (codec {self.codec!r}, cache {self.dir}). Encode the "
@@ -88,23 +99,18 @@ class ReferenceCodes:
 
     @staticmethod
     def _check(codes: np.ndarray, audio: object) -> np.ndarray:
+        """Codes from the encoder or the cache: one or more integers in [0, NUM_CODES)."""
         codes = codes.reshape(-1)
         if codes.size == 0:
-            raise ValueError(f"[tts] reference {audio}: the encoder returned no codes (is the audio empty?)")
+            raise ValueError(f"[tts] reference {audio}: no codes (is the audio empty?)")
         if not np.issubdtype(codes.dtype, np.integer) or codes.min() < 0 or codes.max() >= NUM_CODES:
-            raise ValueError(f"[tts] reference {audio}: the encoder returned codes outside [0, {NUM_CODES - 1}]")
+            raise ValueError(f"[tts] reference {audio}: codes of dtype {codes.dtype} outside [0, {NUM_CODES - 1}]")
         return codes.astype(np.int64)
 
-    def _store(self, target: Path, codes: np.ndarray) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, codes, allow_pickle=False)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    @staticmethod
+    def _store(target: Path, codes: np.ndarray) -> None:
+        with atomic_path(target) as tmp:
+            np.save(tmp, codes, allow_pickle=False)
 
 
 class XCodec2Encoder:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from tts.codec import XCodec2Config, XCodec2Decoder
+from tts.io import cache_root
 from tts.llasa import CONTROL_TOKENS, NUM_CODES, speech_token
 
 TINY_VERSION = "v1"  # bump when the tiny assets change, so cached copies are rebuilt
@@ -47,11 +48,6 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 TINY_CODEC = XCodec2Config(hidden_dim=128, depth=2, heads=4, pos_meb_dim=32, vq_dim=256)
-
-
-def cache_root() -> Path:
-    """``$LLASA_GRPO_CACHE`` or ``~/.cache/llasa-grpo`` (outside the repository)."""
-    return Path(os.environ.get("LLASA_GRPO_CACHE", Path.home() / ".cache" / "llasa-grpo")).expanduser()
 
 
 def build_tokenizer(vocab_size: int = 512) -> object:
