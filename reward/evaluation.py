@@ -466,7 +466,8 @@ def report_markdown(result: EvalResult, plots: Mapping[str, str] | None = None) 
     lines = [
         f"# Evaluation: {' vs '.join(names)}",
         "",
-        f"{n_texts} texts × {result.samples} samples × temperature {', '.join(f'{t:g}' for t in result.temperatures)}"
+        f"{n_texts} texts × {result.samples} samples at temperature{'s' if len(result.temperatures) > 1 else ''} "
+        f"{', '.join(f'{t:.2g}' for t in result.temperatures)}"
         f" per checkpoint, the same seeds for every checkpoint (seed {s.get('seed')}).",
     ]
     for key in ("data", "config", "generation", "transcriber", "normalization"):
