@@ -101,7 +101,7 @@ def grpo_loss(
     aggregation: Aggregation = "token",
     max_completion_length: int | None = None,
     normalizer: float | None = None,
-    token_weights: Tensor | None = None,  # [B, C] constants, e.g. grpo.importance weights π_old/μ
+    token_weights: Tensor | None = None,  # [B, C] constants, e.g. grpo.importance weights π_old/π_s
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """−J(θ) of the module docstring, and detached statistics (means over the masked tokens).
 
