@@ -2,7 +2,8 @@
 
     run_dir/checkpoint-<step>/
         model.safetensors, config.json, ...   model.save_pretrained (+ tokenizer files): from_pretrained-ready
-        optimizer.pt, scheduler.pt            state dicts (torch.load(weights_only=True))
+        optimizer.pt, scheduler.pt            state dicts (torch.load(weights_only=True)); with run.parallel =
+                                              "fsdp" whole (gathered), keyed by parameter name
         rng-rank<r>.pt                        python / numpy / torch (/ cuda) generator states of each rank
         trainer_state.json                    step, data position, world size
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_model
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from grpo import distributed as dist
 
@@ -109,7 +111,14 @@ def save_checkpoint(
     tokenizer: Any = None,
     keep_last: int = 3,
 ) -> Path:
-    """Write ``checkpoint-<step>`` atomically (collective: every rank calls it; rank 0 writes the shared parts)."""
+    """Write ``checkpoint-<step>`` atomically (collective: every rank calls it; rank 0 writes the shared parts).
+
+    An FSDP-sharded model and its optimizer state are gathered whole onto rank 0 first, so the checkpoint is
+    the same plain model folder and resumes at any world size.
+    """
+    sharded = dist.is_sharded(model)
+    weights = dist.full_state_dict(model) if sharded else None  # collective
+    optim_state = dist.full_optimizer_state_dict(model, optimizer) if sharded else optimizer.state_dict()
     run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
@@ -119,16 +128,15 @@ def save_checkpoint(
         shutil.rmtree(replaced, ignore_errors=True)
         tmp.mkdir(parents=True)
         if hasattr(model, "save_pretrained"):
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=weights)
         else:
             save_model(model, str(tmp / "model.safetensors"))
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optim_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / STATE_FILE).write_text(
-            json.dumps({"step": step, "world_size": dist.world_size(), **state}, indent=2) + "\n", encoding="utf-8"
-        )
+        info = {"step": step, "world_size": dist.world_size(), "sharded": sharded, **state}
+        (tmp / STATE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     dist.barrier()
     torch.save(rng_state(), tmp / f"rng-rank{dist.rank()}.pt")
     dist.barrier()
@@ -155,8 +163,8 @@ def load_model_weights(model: nn.Module, directory: str | Path) -> None:
     weights: dict[str, torch.Tensor] = {}
     for f in files:
         weights.update(load_file(f))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    own = model.state_dict()
+    missing, unexpected = dist.load_full_state_dict(model, weights)
+    own = {k: v.to_local() if isinstance(v, DTensor) else v for k, v in model.state_dict().items()}
     loaded_ptrs = {own[k].data_ptr() for k in weights if k in own}
     untied = [k for k in missing if own[k].data_ptr() not in loaded_ptrs]
     if unexpected or untied:
@@ -179,7 +187,16 @@ def load_checkpoint(
     load_model_weights(model, directory)
     device = next(model.parameters()).device
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=device, weights_only=True))
+        optim_state = torch.load(directory / "optimizer.pt", map_location=device, weights_only=True)
+        if state.get("sharded", False):  # whole, keyed by parameter name: fits a sharded or a plain model
+            dist.load_full_optimizer_state_dict(model, optimizer, optim_state)
+        elif dist.is_sharded(model):
+            raise ValueError(
+                f"[grpo] {directory}: optimizer state written with run.parallel='replicate'; "
+                "resume it with run.parallel = 'replicate'"
+            )
+        else:
+            optimizer.load_state_dict(optim_state)
     if scheduler is not None:
         scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
     rng_file = directory / f"rng-rank{dist.rank()}.pt"

@@ -436,6 +436,9 @@ class RunConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the device supports it
     gradient_checkpointing: bool = False
     tensorboard: bool = True  # also write TensorBoard scalars when `tensorboard` is installed
+    # Multi-process (torchrun) training: "replicate" keeps the whole model on every rank; "fsdp" (FSDP2) shards
+    # the decoder layers' weights, gradients and optimizer state over the ranks (needs torch.distributed).
+    parallel: Literal["replicate", "fsdp"] = "replicate"
 
     def __post_init__(self) -> None:
         if not self.output_dir:
@@ -446,6 +449,8 @@ class RunConfig:
         for name in ("save_every", "sample_every"):
             if getattr(self, name) < 0:
                 raise FieldError(name, getattr(self, name), "must be >= 0 (0 turns it off)")
+        if self.parallel not in ("replicate", "fsdp"):
+            raise FieldError("parallel", self.parallel, "must be 'replicate' or 'fsdp'")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,13 @@ computation runs the decoder body and the output head separately (to keep the [t
 memory). Summing the accumulated gradients ourselves, in flat buckets, is exact for any forward, needs no
 ``no_sync`` bookkeeping across micro-batches, and — because the loss is already divided by the global
 normaliser — gives exactly the gradient one process would compute on the union of all ranks' data.
+
+``run.parallel = "fsdp"`` (FSDP2) additionally shards every decoder layer's parameters, gradients and AdamW
+state over the ranks (``shard_model``). Each layer is wrapped on its own, not the root, because each layer is
+called through its own ``forward`` (FSDP's all-gather / reduce-scatter hooks fire), whereas the root's forward
+is bypassed by the log-prob computation. The root-level parameters (embeddings, final norm, output head) stay
+replicated and are summed by ``all_reduce_gradients`` like in replicate mode. FSDP reduce-scatters the layers'
+gradients as a plain sum (divide factor 1): the loss is already divided by the global normaliser.
 """
 
 from __future__ import annotations
@@ -21,6 +28,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor
 
 
 @dataclass(frozen=True)
@@ -136,10 +151,13 @@ def broadcast_parameters(module: nn.Module) -> None:
 
 
 def all_reduce_gradients(params: Iterable[nn.Parameter], bucket_bytes: int = 32 << 20) -> None:
-    """Sum ``.grad`` over ranks in flat buckets of about ``bucket_bytes`` (one collective per bucket)."""
+    """Sum ``.grad`` over ranks in flat buckets of about ``bucket_bytes`` (one collective per bucket).
+
+    FSDP-sharded gradients (DTensors) are skipped: their backward already reduce-scattered them.
+    """
     if not is_distributed():
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None and not isinstance(p.grad, DTensor)]
     bucket: list[Tensor] = []
     size = 0
     for g in [*grads, None]:
@@ -158,6 +176,90 @@ def all_reduce_gradients(params: Iterable[nn.Parameter], bucket_bytes: int = 32 
                 offset += b.numel()
         if g is not None:
             bucket, size = [g], g.numel() * g.element_size()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# FSDP2 (run.parallel = "fsdp")
+
+
+def shard_model(model: nn.Module) -> None:
+    """Shard each decoder layer (``model.get_decoder().layers``) over all ranks with FSDP2's ``fully_shard``.
+
+    Call after ``broadcast_parameters`` (every rank must shard the same full weights) and before building the
+    optimizer (it must hold the sharded parameters). Gradients are reduce-scattered as sums and accumulate in
+    the shards across micro-batches, so Σ over ranks and micro-batches is the full-batch gradient.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            "[grpo] run.parallel='fsdp' needs torch.distributed: launch with torchrun "
+            "(even for one process), or set run.parallel = 'replicate'"
+        )
+    from torch.distributed.fsdp import fully_shard
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if not layers:
+        raise ValueError(f"[grpo] run.parallel='fsdp': {type(model).__name__} has no get_decoder().layers to shard")
+    for layer in layers:
+        # Explicit True: each layer is its own FSDP root, and a root by default keeps its full weights after
+        # forward, which would leave every layer unsharded after the first forward (e.g. the reference model's).
+        fully_shard(layer, reshard_after_forward=True)
+        layer.set_gradient_divide_factor(1.0)  # sum, not average: the loss already has the global normaliser
+        layer.set_force_sum_reduction_for_comms(True)  # plain SUM collective (gloo has no PREMUL_SUM)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_`` over replicated and FSDP-sharded gradients alike; returns the norm.
+
+    ‖g‖ = √(Σ_replicated ‖g_p‖² + Σ_ranks Σ_sharded ‖local shard‖²): a replicated gradient is whole (and equal)
+    on every rank, a sharded one counts once through its shards. Then g ← g · min(1, max_norm / (‖g‖ + 1e-6)).
+    """
+    with_grad = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in with_grad]
+    sharded = [g.to_local() for g in grads if isinstance(g, DTensor)]
+    if not sharded:
+        return torch.nn.utils.clip_grad_norm_(with_grad, max_norm).item()
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    sq = torch.stack([g.detach().float().pow(2).sum() for g in sharded]).sum()
+    dist.all_reduce(sq)  # the shards' part, summed over ranks (model device: CUDA with NCCL, CPU with gloo)
+    if plain:
+        sq = sq + torch.stack([g.detach().float().pow(2).sum() for g in plain]).sum().to(sq.device)
+    total = sq.sqrt()
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in [*sharded, *plain]:
+        g.mul_(coef.to(g.device, g.dtype))
+    return total.item()
+
+
+def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The whole model's state dict on CPU, on rank 0 (other ranks get ``{}``); collective when sharded."""
+    if not is_sharded(model):
+        return model.state_dict()
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
+    """Load a whole state dict (on every rank) into a sharded or plain model; returns (missing, unexpected)."""
+    if not is_sharded(model):
+        result = model.load_state_dict(state, strict=False)
+    else:
+        result = set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    return list(result.missing_keys), list(result.unexpected_keys)
+
+
+def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's whole state keyed by parameter name, on CPU, on rank 0 (``{}`` elsewhere); collective."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Inverse of ``full_optimizer_state_dict`` (every rank passes the whole state; each keeps its shards)."""
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def cleanup() -> None:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from grpo.config import GenerationConfig
 from grpo.generation import left_pad
@@ -262,8 +263,11 @@ def _to_sample(completion: Any, stop_ids: Sequence[int]) -> Sample:
 
 
 def named_weights(model: torch.nn.Module) -> Iterable[tuple[str, Tensor]]:
-    """The policy's weights under Hugging Face names, unwrapping DDP / torch.compile wrappers."""
+    """The policy's weights under Hugging Face names, unwrapping DDP / torch.compile wrappers.
+
+    FSDP-sharded weights are gathered whole, one tensor at a time: collective, so every rank must iterate.
+    """
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     for name, tensor in model.state_dict().items():
-        yield name, tensor.detach()
+        yield name, (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach()

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 from safetensors.torch import save_file
-from torch import nn
+from torch import Tensor, nn
 
 from grpo import distributed as dist
 from grpo.engine import Engine, Sample, Sampling, named_weights, samples_to_rollouts
@@ -107,16 +107,18 @@ class ServerGenerator:
     def sync_weights(self, model: nn.Module) -> None:
         """Push ``model``'s weights as the next version. Collective under torchrun (every rank calls it): the
         ranks hold identical weights, so rank 0 uploads, the others wait for it and advance their version."""
-        if dist.rank() == 0:
-            self._upload(model, self.weights_version + 1)
+        sharded = dist.is_sharded(model)  # FSDP: every rank takes part in gathering the weights; rank 0 uploads
+        if sharded or dist.rank() == 0:
+            tensors = {name: t.contiguous().cpu() for name, t in named_weights(model)}
+            if dist.rank() == 0:
+                self._upload(tensors, self.weights_version + 1)
         dist.barrier()
         self.weights_version += 1
 
-    def _upload(self, model: nn.Module, version: int) -> None:
+    def _upload(self, tensors: dict[str, Tensor], version: int) -> None:
         """Write the weights to shared memory (temporary name, then rename), let the server load them, delete."""
         path = self.shm_dir / f"llasa-grpo-weights-{uuid.uuid4().hex}.safetensors"
         tmp = path.with_suffix(".tmp")
-        tensors = {name: t.contiguous().cpu() for name, t in named_weights(model)}
         try:
             save_file(_untie(tensors), str(tmp))
             os.replace(tmp, path)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig as HFGenerationConfig
 
+from grpo import distributed as dist
 from grpo.config import GenerationConfig
 from grpo.rollouts import Rollouts
 
@@ -110,10 +111,16 @@ class HFGenerator:
         was_training = self.model.training
         # Eval mode: no dropout, and transformers only uses the KV cache with gradient checkpointing off in eval.
         self.model.eval()
+        # FSDP: every forward all-gathers each layer on all ranks together, so a rank whose sequences have all
+        # stopped keeps stepping (transformers' synced_gpus) until every rank's have.
+        synced = dist.is_distributed() and dist.is_sharded(self.model)
         try:
             with self.autocast():
                 out = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=self.sampling
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    generation_config=self.sampling,
+                    synced_gpus=synced,
                 )
         finally:
             self.model.train(was_training)

@@ -254,6 +254,11 @@ class GRPOTrainer:
             enable_activation_checkpointing(policy)
         if self.ref_model is not None:
             self.ref_model.eval().requires_grad_(False)
+        if r.parallel == "fsdp":  # shard the decoder layers; before the optimizer, which must hold the shards
+            dist.shard_model(policy)
+            if self.ref_model is not None:
+                dist.broadcast_parameters(self.ref_model)
+                dist.shard_model(self.ref_model)
         self.optimizer = build_optimizer(policy, o.lr, o.betas, o.weight_decay, o.adam_eps)
         total = r.max_steps * g.num_iterations
         warmup = math.ceil(o.warmup_ratio * total)
@@ -444,9 +449,9 @@ class GRPOTrainer:
             if entropy is not None:
                 sums["entropy"] += float((entropy * cmask).sum())
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        dist.all_reduce_gradients(params)
+        dist.all_reduce_gradients(params)  # replicated gradients; FSDP's shards were reduced in backward
         clip = o.max_grad_norm if o.max_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
+        grad_norm = dist.clip_grad_norm(params, clip)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
