@@ -437,7 +437,7 @@ class RunConfig:
     gradient_checkpointing: bool = False
     tensorboard: bool = True  # also write TensorBoard scalars when `tensorboard` is installed
     # Multi-process (torchrun) training: "replicate" keeps the whole model on every rank; "fsdp" (FSDP2) shards
-    # the decoder layers' weights, gradients and optimizer state over the ranks (needs torch.distributed).
+    # the decoder layers' weights, gradients and optimizer state over the ranks (a single process: no sharding).
     parallel: Literal["replicate", "fsdp"] = "replicate"
 
     def __post_init__(self) -> None:

@@ -191,8 +191,8 @@ def shard_model(model: nn.Module) -> None:
     """
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError(
-            "[grpo] run.parallel='fsdp' needs torch.distributed: launch with torchrun "
-            "(even for one process), or set run.parallel = 'replicate'"
+            "[grpo] run.parallel='fsdp' needs torch.distributed: launch with torchrun --nproc-per-node N "
+            "(N ≥ 2), or set run.parallel = 'replicate'"
         )
     from torch.distributed.fsdp import fully_shard
 

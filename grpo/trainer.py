@@ -254,7 +254,9 @@ class GRPOTrainer:
             enable_activation_checkpointing(policy)
         if self.ref_model is not None:
             self.ref_model.eval().requires_grad_(False)
-        if r.parallel == "fsdp":  # shard the decoder layers; before the optimizer, which must hold the shards
+        # Shard the decoder layers before the optimizer, which must hold the shards; one process has nothing to
+        # shard over and trains the whole model, exactly what "fsdp" over one rank would compute.
+        if r.parallel == "fsdp" and self.dist.world_size > 1:
             dist.shard_model(policy)
             if self.ref_model is not None:
                 dist.broadcast_parameters(self.ref_model)

@@ -126,5 +126,7 @@ def test_fsdp_two_processes_match_one_process_checkpoint_and_resume(tmp_path):
 def test_parallel_is_checked(tmp_path):
     with pytest.raises(ValueError, match=r"parallel='ddp': must be 'replicate' or 'fsdp'"):
         RunConfig(parallel="ddp")
+    one = _trainer(tmp_path, 8, "fsdp")  # a single process: nothing to shard over, the model stays whole
+    assert not any(isinstance(p, DTensor) for p in one.policy.parameters())
     with pytest.raises(ValueError, match=r"run.parallel='fsdp' needs torch.distributed"):
-        _trainer(tmp_path, 8, "fsdp")  # no process group in this process
+        dist.shard_model(one.policy)  # called directly without a process group
