@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from grpo.config import GenerationConfig
-from grpo.generation import left_pad
+from grpo.generation import completion_mask, hf_sampling_config, left_pad
 from grpo.rollouts import Rollouts
 
 
@@ -124,38 +124,25 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[list[Sample]]:
-        from transformers import GenerationConfig as HFGenerationConfig
-
         pad = sampling.stop_ids[0] if sampling.stop_ids else 0
-        rows = [list(p) for p in prompt_ids for _ in range(n)]
-        ids, mask = left_pad(rows, pad)
-        config = HFGenerationConfig(
-            do_sample=True,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            repetition_penalty=sampling.repetition_penalty,
-            max_new_tokens=sampling.max_new_tokens,
-            eos_token_id=list(sampling.stop_ids) or None,
-            pad_token_id=pad,
-        )
+        ids, mask = left_pad([list(p) for p in prompt_ids for _ in range(n)], pad)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         out = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
-            generation_config=config,
+            generation_config=hf_sampling_config(sampling, sampling.stop_ids, pad),
             output_scores=True,
             return_dict_in_generate=True,
         )
         new = out.sequences[:, ids.shape[1] :].cpu()  # [N, T]
         scores = torch.stack(out.scores, dim=1).float().cpu()  # [N, T, V] processed logits
         logps = scores.log_softmax(-1).gather(-1, new[..., None])[..., 0]  # [N, T]
-        samples = []
-        for row, lp in zip(new.tolist(), logps.tolist(), strict=True):
-            stop = next((i for i, t in enumerate(row) if t in sampling.stop_ids), None)
-            end = len(row) if stop is None else stop + 1
-            samples.append(Sample(tuple(row[:end]), tuple(lp[:end]), stop is not None))
+        keep, finished = completion_mask(new, sampling.stop_ids)  # up to and including the first stop
+        samples = [
+            Sample(tuple(row[:k]), tuple(lp[:k]), f)
+            for row, lp, k, f in zip(new.tolist(), logps.tolist(), keep.sum(1).tolist(), finished.tolist(), strict=True)
+        ]
         return [samples[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
 
     def load_weights(self, weights: Iterable[tuple[str, Tensor]]) -> None:

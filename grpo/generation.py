@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +45,31 @@ def completion_mask(completion_ids: Tensor, stop_ids: Sequence[int]) -> tuple[Te
     return (cols[None, :] <= first[:, None]).long(), finished
 
 
+class SamplingParams(Protocol):
+    """The sampling fields shared by ``GenerationConfig`` and the engines' ``Sampling``."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+
+
+def hf_sampling_config(params: SamplingParams, stop_ids: Sequence[int], pad_id: int) -> HFGenerationConfig:
+    """transformers' sampling configuration for ``params``, stopping at ``stop_ids`` only."""
+    return HFGenerationConfig(
+        do_sample=True,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,  # explicit: transformers' default would be 50
+        repetition_penalty=params.repetition_penalty,
+        max_new_tokens=params.max_new_tokens,
+        eos_token_id=list(stop_ids) or None,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+
+
 class HFGenerator:
     """``Generator`` that samples from the policy itself with ``model.generate`` (so ``sync_weights`` is a no-op).
 
@@ -63,17 +89,7 @@ class HFGenerator:
             raise ValueError("[grpo] HFGenerator needs at least one stop token id")
         self.model, self.config, self.pad_id, self.stop_ids = model, config, pad_id, list(stop_ids)
         self.autocast = autocast
-        self.sampling = HFGenerationConfig(
-            do_sample=True,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            top_k=config.top_k,  # explicit: transformers' default would be 50
-            repetition_penalty=config.repetition_penalty,
-            max_new_tokens=config.max_new_tokens,
-            eos_token_id=self.stop_ids,
-            pad_token_id=pad_id,
-            use_cache=True,
-        )
+        self.sampling = hf_sampling_config(config, self.stop_ids, pad_id)
 
     def sync_weights(self, model: nn.Module) -> None:
         """The sampler *is* the policy: nothing to copy."""

@@ -122,10 +122,14 @@ def sample_record(
     """Measure one decoded and transcribed sample with the training terms (evaluated here whatever their
     weight in the config, so a rate exists even for a term that training switched off)."""
     ctx = StepContext(config)
+
+    def term(name: str) -> float | None:  # the training step's value where it computed this term
+        return terms[name] if name in terms else get_term(name)(r, ctx)
+
     wer, cer = error_rates(r.text, r.transcript.text, r.language, normalization)
-    loop = get_term("token_loop")(r, ctx)
+    loop = term("token_loop")
     chars = letters(r.text, r.language)
-    similarity = get_term("speaker_similarity")(r, ctx) if speaker and r.ref_audio else None
+    similarity = term("speaker_similarity") if speaker and r.ref_audio else None
     return SampleRecord(
         checkpoint=key.checkpoint,
         temperature=key.temperature,
@@ -141,7 +145,7 @@ def sample_record(
         finished=r.finished,
         wer=wer,
         cer=cer,
-        hangup=get_term("hangup")(r, ctx) == 0.0,
+        hangup=term("hangup") == 0.0,
         hangup_regex=ORIGINAL_HANGUP.search(r.transcript.text) is not None,
         token_loop=None if loop is None else loop == 0.0,
         truncated=None if r.finished is None else not r.finished,
