@@ -10,6 +10,7 @@ tokenizer, prompts, generator and scorer:
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Sequence
@@ -89,11 +90,20 @@ def _hub_problem(key: str, name: str, probe_file: str, repo: str | None = None) 
     fix = f"download it where there is network (huggingface-cli download {repo} --local-dir DIR) and set {key} = DIR"
     if constants.HF_HUB_OFFLINE:
         return f"{key}={name!r}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set: {fix}"
+    error = _unreachable(host)
+    if error:
+        return f"{key}={name!r}: not a local folder, not cached, and {host} is unreachable ({error}): {fix}"
+    return None  # reachable: from_pretrained downloads it (and reports a wrong name itself)
+
+
+@functools.cache
+def _unreachable(host: str) -> str | None:
+    """Why ``host`` cannot be reached, or None; asked once per process (the preflight checks several keys)."""
     try:
         socket.create_connection((host, 443), timeout=5).close()
     except OSError as e:
-        return f"{key}={name!r}: not a local folder, not cached, and {host} is unreachable ({e}): {fix}"
-    return None  # reachable: from_pretrained downloads it (and reports a wrong name itself)
+        return str(e)
+    return None
 
 
 def _service_problem(transcriber: TranscriberConfig) -> str | None:
