@@ -67,7 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def parse_checkpoints(specs: Sequence[str], tiny_name: str) -> list[Checkpoint]:
+def parse_checkpoints(specs: Sequence[str], offline_names: Sequence[str]) -> list[Checkpoint]:
     """``NAME=PATH`` (or a bare PATH, named by its folder) → checkpoints; a bad one is named in the error."""
     out: list[Checkpoint] = []
     for spec in specs:
@@ -80,10 +80,10 @@ def parse_checkpoints(specs: Sequence[str], tiny_name: str) -> list[Checkpoint]:
         if any(c.name == name for c in out):
             raise ConfigError(f"{where}: the name {name!r} is used twice; give each checkpoint its own NAME=")
         local = Path(path).expanduser()
-        if path == tiny_name:
-            from tts.tiny import tiny_assets
+        if path in offline_names:
+            import recipe
 
-            out.append(Checkpoint(name, spec, str(tiny_assets()[0])))
+            out.append(Checkpoint(name, spec, recipe.resolve_asset(path)))
             continue
         if local.is_dir():
             if not (local / "config.json").is_file():
@@ -108,7 +108,7 @@ def check_resources(cfg: Any, checkpoints: Sequence[Checkpoint], source: str) ->
     def with_model(path: str) -> Any:
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=path))
 
-    recipe.check_resources(with_model(recipe.TINY_MODEL), source=source)  # the tiny name is never checked
+    recipe.check_resources(with_model(recipe.TINY_MODEL), source=source)  # offline names are never checked
     for ckpt in checkpoints:
         if not Path(ckpt.path).is_dir():
             try:
@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out_dir = Path(args.out)
     try:
-        checkpoints = parse_checkpoints(args.checkpoints, recipe.TINY_MODEL)
+        checkpoints = parse_checkpoints(args.checkpoints, recipe.OFFLINE_MODELS)
         cfg = recipe.load(args.config, [*args.set, f"data.path={json.dumps(args.data)}"])
         check_resources(cfg, checkpoints, args.config)
         temperatures = parse_temperatures(args.temperatures, cfg.generation.temperature)

@@ -38,8 +38,24 @@ from grpo.trainer import Prompt, autocast_factory
 from reward.config import RewardConfig, TranscriberConfig
 from tts.config import CodecConfig, DataConfig, ModelConfig, ReferenceConfig, torch_dtype
 
-# Names that resolve to assets the project builds or assembles offline (no hub needed).
+# Names that resolve to assets the project builds or assembles offline (no hub needed): the random tiny
+# models (tts/tiny.py) and the speaking lab's committed models (lab/assets.py).
 TINY_MODEL, TINY_CODEC, OFFLINE_WHISPER = "tiny-llasa", "tiny-xcodec2", "whisper-base-pypi"
+LAB_MODEL, LAB_CODEC = "lab-llasa", "lab-xcodec2"
+OFFLINE_MODELS, OFFLINE_CODECS = (TINY_MODEL, LAB_MODEL), (TINY_CODEC, LAB_CODEC)
+
+
+def resolve_asset(name: str) -> str:
+    """The local folder of an offline asset name; any other name (folder, hub id) is returned as it is."""
+    if name in (TINY_MODEL, TINY_CODEC):
+        from tts.tiny import tiny_assets
+
+        return str(tiny_assets()[0 if name == TINY_MODEL else 1])
+    if name in (LAB_MODEL, LAB_CODEC):
+        from lab.assets import asset_path
+
+        return str(asset_path(name))
+    return name
 
 
 @dataclass(frozen=True)
@@ -120,9 +136,9 @@ def _service_problem(transcriber: TranscriberConfig) -> str | None:
 def check_resources(cfg: Config, source: str = "config") -> None:
     """Fail fast, before any model loads, with every missing resource named by its config key."""
     problems = []
-    if cfg.model.path != TINY_MODEL:
+    if cfg.model.path not in OFFLINE_MODELS:
         problems.append(_hub_problem("model.path", cfg.model.path, "config.json"))
-    if cfg.codec.path != TINY_CODEC:
+    if cfg.codec.path not in OFFLINE_CODECS:
         problems.append(_hub_problem("codec.path", cfg.codec.path, "model.safetensors"))
     if cfg.transcriber.backend == "whisper" and cfg.transcriber.model != OFFLINE_WHISPER:
         name = cfg.transcriber.model
@@ -155,15 +171,8 @@ class Components:
 
 
 def resolve_paths(cfg: Config) -> tuple[str, str]:
-    """(model path, codec path) with the offline tiny names built on first use."""
-    model, codec = cfg.model.path, cfg.codec.path
-    if TINY_MODEL in (model, codec) or TINY_CODEC in (model, codec):
-        from tts.tiny import tiny_assets
-
-        tiny_model, tiny_codec = tiny_assets()
-        model = str(tiny_model) if model == TINY_MODEL else model
-        codec = str(tiny_codec) if codec == TINY_CODEC else codec
-    return model, codec
+    """(model path, codec path) with the offline asset names resolved (built or unpacked on first use)."""
+    return resolve_asset(cfg.model.path), resolve_asset(cfg.codec.path)
 
 
 def load_model(path: str, cfg: Config, device: torch.device) -> nn.Module:
@@ -207,7 +216,6 @@ def build_prompts(cfg: Config, examples: Sequence[Any], tokenizer: Any, vocab: A
     cloning, the reference ``ref_codes`` (the hook decodes them in front of the completion).
     """
     from tts.llasa import build_prompt_ids
-    from tts.reference import ReferenceCodes
 
     fmt = cfg.model.prompt_format()
     normalizer = cfg.data.normalizer([t for e in examples for t in (e.text, e.ref_text) if t])
@@ -215,7 +223,7 @@ def build_prompts(cfg: Config, examples: Sequence[Any], tokenizer: Any, vocab: A
     def normalize(text: str | None) -> str | None:
         return normalizer.normalize(text)[0] if normalizer and text is not None else text
 
-    refs = ReferenceCodes(cfg.reference.codec, cfg.reference.cache_dir or None)
+    refs = reference_codes(cfg)
     prompts = []
     for ex in examples:
         text, ref_text, language = normalize(ex.text), normalize(ex.ref_text), example_language(cfg, ex)
@@ -227,6 +235,18 @@ def build_prompts(cfg: Config, examples: Sequence[Any], tokenizer: Any, vocab: A
         meta = {**ex.meta(), "text": text, "ref_text": ref_text, "language": language, "ref_codes": codes}
         prompts.append(Prompt(ids=tuple(ids), meta=meta))
     return prompts
+
+
+def reference_codes(cfg: Config) -> Any:
+    """The cloning-reference cache; the lab codec encodes misses itself (its encoder is small and local)."""
+    from tts.reference import ReferenceCodes
+
+    if cfg.reference.codec != LAB_CODEC:
+        return ReferenceCodes(cfg.reference.codec, cfg.reference.cache_dir or None)
+    from lab.codec import file_encoder
+
+    folder = resolve_asset(LAB_CODEC)  # its name holds a content hash: a rebuilt codec gets fresh codes
+    return ReferenceCodes(Path(folder).name, cfg.reference.cache_dir or None, encoder=file_encoder(folder))
 
 
 def build_scorer(cfg: Config, vocab: Any, examples: Sequence[Any]) -> Any:

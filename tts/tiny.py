@@ -17,7 +17,9 @@ import argparse
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,8 +52,8 @@ CHAT_TEMPLATE = (
 TINY_CODEC = XCodec2Config(hidden_dim=128, depth=2, heads=4, pos_meb_dim=32, vq_dim=256)
 
 
-def build_tokenizer(vocab_size: int = 512) -> object:
-    """A ``PreTrainedTokenizerFast``: BPE base, then control and speech tokens as ordinary added tokens."""
+def build_tokenizer(vocab_size: int = 512, sentences: Sequence[str] = SENTENCES) -> Any:
+    """A ``PreTrainedTokenizerFast``: BPE on ``sentences``, then control and speech tokens as ordinary added tokens."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -64,7 +66,7 @@ def build_tokenizer(vocab_size: int = 512) -> object:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(SENTENCES, trainer=trainer)
+    tok.train_from_iterator(sentences, trainer=trainer)
     added = [*CONTROL_TOKENS, *(speech_token(c) for c in range(NUM_CODES))]
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
     return PreTrainedTokenizerFast(

@@ -1,0 +1,160 @@
+"""``python -m lab build``: corpus -> codec -> codes -> LM, each stage resumable, then a written summary.
+
+Every stage writes its result into ``--out`` and is skipped when that result exists, so an interrupted build
+continues where it stopped; ``--toy`` runs the whole chain at a size that takes seconds (tests use it).
+The final assets are ``OUT/codec`` (lab-xcodec2) and ``OUT/llasa`` (lab-llasa); ``OUT/summary.json`` holds
+sizes, times and the measurements of ``lab.report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from lab.codec import CodecTrainConfig
+from lab.sft import SFTConfig
+
+STAGES = ("corpus", "codec", "encode", "sft", "report")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    num_sentences: int = 3000
+    num_heldout: int = 200
+    num_lm: int = 300
+    seed: int = 0
+    codec: CodecTrainConfig = field(default_factory=CodecTrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    report_sentences: int = 16  # per group in the summary's WER measurements
+    report_temperatures: tuple[float, ...] = (0.6, 0.8, 1.0)
+    report_max_new_tokens: int = 400
+
+
+TOY = BuildConfig(
+    num_sentences=24,
+    num_heldout=4,
+    num_lm=6,
+    codec=CodecTrainConfig(steps=3, batch=2, crop_frames=16, warmup=1),
+    sft=replace(SFTConfig(), steps=3, batch=2, hidden=32, layers=1, heads=2, vocab=300, warmup=1),
+    report_sentences=2,
+    report_temperatures=(1.0,),
+    report_max_new_tokens=40,
+)
+
+
+def load_wavs(corpus: Path, utts: list) -> list[np.ndarray]:
+    from tts.audio import load_audio
+
+    return [load_audio(corpus / u.audio) for u in utts]
+
+
+def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict:
+    from lab import corpus as corpus_mod
+    from lab.codec import LabEncoder, save_codec, train_codec
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "summary.json"
+    summary: dict = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary["config"] = asdict(cfg)
+    times = summary.setdefault("seconds", {})
+    corpus_dir, codec_dir, codes_file, llasa_dir = out / "corpus", out / "codec", out / "codes.npz", out / "llasa"
+
+    def timed(name: str, fn: Callable[[], object]) -> None:
+        t0 = time.time()
+        fn()
+        times[name] = round(time.time() - t0, 1)
+        _write_json(summary_path, summary)
+
+    if "corpus" in stages and not (corpus_dir / "manifest.jsonl").is_file():
+        timed(
+            "corpus",
+            lambda: corpus_mod.build_corpus(
+                corpus_dir,
+                num_sentences=cfg.num_sentences,
+                num_heldout=cfg.num_heldout,
+                num_lm=cfg.num_lm,
+                seed=cfg.seed,
+            ),
+        )
+    utts = corpus_mod.read_manifest(corpus_dir)
+    if "codec" in stages and not (codec_dir / "model.safetensors").is_file():
+
+        def codec_stage() -> None:
+            train = [u for u in utts if u.split == "train"]
+            enc, dec, log = train_codec(load_wavs(corpus_dir, train), cfg.codec)
+            save_codec(codec_dir, enc, dec)
+            summary["codec_loss"] = log
+
+        timed("codec", codec_stage)
+    if "encode" in stages and not codes_file.is_file():
+
+        def encode_stage() -> None:
+            import torch
+            from tqdm import tqdm
+
+            enc = LabEncoder.from_pretrained(codec_dir)
+            codes = {}
+            with torch.inference_mode():
+                for u in tqdm(utts, desc="[lab] encode", unit="utt"):
+                    wav = load_wavs(corpus_dir, [u])[0]
+                    codes[u.id] = enc.encode(torch.from_numpy(wav)[None])[0].numpy().astype(np.int32)
+            np.savez_compressed(codes_file, **codes)
+
+        timed("encode", encode_stage)
+    if "sft" in stages and not (llasa_dir / "config.json").is_file():
+        from lab.sft import train_lm
+
+        def sft_stage() -> None:
+            codes = dict(np.load(codes_file))
+            summary["sft_loss"] = train_lm(
+                llasa_dir, utts, codes, cfg.sft, sentences=corpus_mod.sentences(cfg.num_sentences, cfg.seed)
+            )
+
+        timed("sft", sft_stage)
+    if "report" in stages:
+        from lab.report import measure
+
+        timed(
+            "report",
+            lambda: summary.update(
+                report=measure(
+                    out,
+                    utts,
+                    cfg.report_sentences,
+                    seed=cfg.seed,
+                    temperatures=cfg.report_temperatures,
+                    max_new_tokens=cfg.report_max_new_tokens,
+                )
+            ),
+        )
+    summary["seconds_total"] = round(sum(v for k, v in times.items()), 1)
+    _write_json(summary_path, summary)
+    return summary
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    from tts.io import write_text
+
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m lab build", description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/lab-build"), help="build folder (resumable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--toy", action="store_true", help="seconds-sized run of every stage (for tests)")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    args = p.parse_args(argv)
+    stages = tuple(s for s in args.stages.split(",") if s)
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        p.error(f"--stages: unknown {unknown}; known: {list(STAGES)}")
+    cfg = replace(TOY if args.toy else BuildConfig(), seed=args.seed)
+    summary = build(args.out, cfg, stages)
+    print(json.dumps({k: summary[k] for k in ("seconds", "seconds_total", "report") if k in summary}, indent=2))

@@ -1,0 +1,228 @@
+"""Supervised fine-tuning of the lab's tiny Llasa: text (and a voice reference) -> speech codes.
+
+The model is an ordinary ``LlamaForCausalLM`` with the Llasa tokenizer layout (BPE text vocabulary, the 8
+control tokens, then the 65,536 ``<|s_N|>`` tokens as added tokens, tied input/output embeddings). During
+training the speech rows of the embedding are *factorised*: the row of code c = Σ_i d_i·4^i is
+
+    e(c) = Σ_{i=0..7} D[i, d_i]                    (D: 8 × 4 learned vectors)
+
+so with tied weights the speech logits are h·e(c) = Σ_i h·D[i, d_i] and the 65,536-way partition function
+factorises exactly into 8 four-way ones:
+
+    log Z = logaddexp( logsumexp_{t ∈ text} h·E[t],  Σ_i logsumexp_d h·D[i, d] )
+
+That is the full softmax over the whole vocabulary at the cost of a small one; at the end the 65,536 rows
+e(c) are written into the ordinary embedding matrix, so the saved model needs nothing of this module
+(``test_lab`` checks that the saved model's log-probabilities equal the factorised ones).
+
+Examples are plain prompts (``build_prompt_ids(text)``) and voice-cloning prompts (the reference transcript
+and codes of another utterance of the same speaker); the loss covers the target codes and the end token only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tts.llasa import NUM_CODES, PromptFormat, SpeechVocab, build_prompt_ids
+
+DIGITS, LEVELS = 8, 4
+PROMPT_WORDS = "Convert the text to speech:"  # the default user template's words, for the BPE
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    intermediate: int = 704
+    vocab: int = 1024  # BPE text vocabulary before the Llasa tokens
+    max_sentences: int = 160  # LM sentences used (each spoken by two speakers): fewer, seen more often
+    steps: int = 1500
+    batch: int = 8
+    lr: float = 2e-3
+    min_lr: float = 1e-4
+    warmup: int = 100
+    clone_fraction: float = 0.4  # share of batches with voice-cloning prompts (one kind per batch: less padding)
+    seed: int = 0
+    threads: int = 2
+
+
+def code_digits(codes: Tensor) -> Tensor:
+    """codes [...] -> FSQ digits [..., 8] (first level least significant, as ``FSQIndexDecoder``)."""
+    basis = LEVELS ** torch.arange(DIGITS, device=codes.device)
+    return (codes.unsqueeze(-1) // basis) % LEVELS
+
+
+class FactorisedHead(nn.Module):
+    """Input embeddings and exact full-vocabulary log-probs with the speech rows factorised (see module doc)."""
+
+    def __init__(self, model: nn.Module, s0: int) -> None:
+        super().__init__()
+        self.model, self.s0 = model, s0
+        hidden = model.config.hidden_size
+        self.digits = nn.Parameter(torch.randn(DIGITS, LEVELS, hidden) * (0.02 / math.sqrt(DIGITS)))
+
+    def text_rows(self) -> Tensor:
+        return self.model.get_input_embeddings().weight[: self.s0]
+
+    def embed(self, ids: Tensor) -> Tensor:
+        speech = ids >= self.s0
+        text = F.embedding(torch.where(speech, 0, ids), self.text_rows())
+        d = code_digits(torch.where(speech, ids - self.s0, 0))  # [B, T, 8]
+        sp = self.digits[torch.arange(DIGITS, device=ids.device), d].sum(-2)  # [B, T, H]
+        return torch.where(speech.unsqueeze(-1), sp, text)
+
+    def target_logprobs(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """log p(target) [N] for hidden [N, H] under the full (text + 65,536 speech) softmax."""
+        text_logits = hidden @ self.text_rows().T  # [N, s0]
+        digit_logits = torch.einsum("nh,kdh->nkd", hidden, self.digits)  # [N, 8, 4]
+        log_z = torch.logaddexp(text_logits.logsumexp(-1), digit_logits.logsumexp(-1).sum(-1))
+        speech = targets >= self.s0
+        d = code_digits(torch.where(speech, targets - self.s0, 0))
+        speech_logit = digit_logits.gather(-1, d.unsqueeze(-1)).squeeze(-1).sum(-1)
+        text_logit = text_logits.gather(-1, torch.where(speech, 0, targets).unsqueeze(-1)).squeeze(-1)
+        return torch.where(speech, speech_logit, text_logit) - log_z
+
+    def loss(self, ids: Tensor, attn: Tensor, loss_mask: Tensor) -> Tensor:
+        """Mean negative log-likelihood of the tokens where ``loss_mask`` (predicting ids[:, 1:])."""
+        out = self.model.model(inputs_embeds=self.embed(ids), attention_mask=attn)
+        h = out.last_hidden_state[:, :-1][loss_mask[:, 1:]]
+        return -self.target_logprobs(h, ids[:, 1:][loss_mask[:, 1:]]).mean()
+
+    @torch.no_grad()
+    def export(self) -> None:
+        """Write e(c) for all codes into the ordinary (tied) embedding matrix."""
+        codes = torch.arange(NUM_CODES)
+        rows = self.digits[torch.arange(DIGITS), code_digits(codes)].sum(-2)
+        self.model.get_input_embeddings().weight[self.s0 : self.s0 + NUM_CODES] = rows
+
+
+def build_model(tokenizer: Any, cfg: SFTConfig) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=max(1, cfg.heads // 2),
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: tuple[int, ...]
+    target: tuple[int, ...]  # speech ids + the end-of-speech id
+
+
+def make_examples(
+    utts: Sequence[Any], codes: Mapping[str, np.ndarray], tokenizer: Any, vocab: SpeechVocab, fmt: PromptFormat
+) -> tuple[list[Example], dict[str, list[Example]]]:
+    """Plain examples (one per utterance) and, per utterance id, its cloning examples (one per reference)."""
+    by_speaker: dict[str, list[Any]] = {}
+    for u in utts:
+        by_speaker.setdefault(u.speaker, []).append(u)
+    plain, clone = [], {}
+    for u in utts:
+        target = (*vocab.codes_to_ids(codes[u.id]).tolist(), vocab.stop_id)
+        plain.append(Example(tuple(build_prompt_ids(tokenizer, fmt, u.text, vocab=vocab)), target))
+        refs = [r for r in by_speaker[u.speaker] if r.text != u.text]
+        clone[u.id] = [
+            Example(
+                tuple(build_prompt_ids(tokenizer, fmt, u.text, ref_text=r.text, ref_codes=codes[r.id], vocab=vocab)),
+                target,
+            )
+            for r in refs[:4]
+        ]
+    return plain, clone
+
+
+def collate(batch: Sequence[Example], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    longest = max(len(e.prompt) + len(e.target) for e in batch)
+    ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(batch), longest, dtype=torch.long)
+    loss = torch.zeros(len(batch), longest, dtype=torch.bool)
+    for row, e in enumerate(batch):
+        n, m = len(e.prompt), len(e.target)
+        ids[row, : n + m] = torch.tensor(e.prompt + e.target)
+        attn[row, : n + m] = 1
+        loss[row, n : n + m] = True
+    return ids, attn, loss
+
+
+def train_lm(
+    out_dir: Path, utts: Sequence[Any], codes: Mapping[str, np.ndarray], cfg: SFTConfig, *, sentences: Sequence[str]
+) -> list[dict[str, float]]:
+    """Fine-tune on the corpus' LM utterances and save model + tokenizer to ``out_dir``; returns the loss log."""
+    from tqdm import tqdm
+
+    from tts.tiny import build_tokenizer
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    rng = random.Random(cfg.seed)
+    fmt = PromptFormat()
+    tokenizer = build_tokenizer(cfg.vocab, sentences=[PROMPT_WORDS, *sentences])
+    vocab = SpeechVocab.from_tokenizer(tokenizer, fmt.stop_token)
+    texts = set(list(dict.fromkeys(u.text for u in utts if u.lm and u.split == "train"))[: cfg.max_sentences])
+    lm_utts = [u for u in utts if u.lm and u.split == "train" and u.text in texts]
+    plain, clone = make_examples(lm_utts, codes, tokenizer, vocab, fmt)
+    model = build_model(tokenizer, cfg).train()
+    head = FactorisedHead(model, vocab.first_id)
+    # The speech rows of the embedding matrix get no gradient (embed() never reads them) until export().
+    params = list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * p))
+
+    log, running, t0 = [], 0.0, time.time()
+    bar = tqdm(range(cfg.steps), desc="[lab] sft", unit="step")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        cloning = rng.random() < cfg.clone_fraction
+        batch = []
+        for _ in range(cfg.batch):
+            i = rng.randrange(len(plain))
+            refs = clone[lm_utts[i].id]
+            batch.append(rng.choice(refs) if cloning and refs else plain[i])
+        ids, attn, mask = collate(batch, vocab.stop_id)
+        loss = head.loss(ids, attn, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        running += float(loss.detach())
+        if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
+            n = (step % 50) + 1
+            log.append({"step": step + 1, "loss": running / n, "seconds": round(time.time() - t0, 1)})
+            bar.set_postfix(loss=f"{running / n:.3f}")
+            running = 0.0
+    head.export()
+    model.half().save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return log
