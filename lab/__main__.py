@@ -1,8 +1,18 @@
-import sys
+"""``python -m lab build [...]`` builds the lab models; ``python -m lab pack BUILD_DIR`` copies them into the repo."""
 
-from lab.build import main
+import sys
+from pathlib import Path
+
+from lab.build import main, pack_build
+
+USAGE = "usage: python -m lab build [--out DIR] [--seed N] [--toy] [--stages ...] | python -m lab pack BUILD_DIR"
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["build"]:
-        sys.exit("usage: python -m lab build [--out DIR] [--seed N] [--toy] [--stages ...]")
-    main(sys.argv[2:])
+    command, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if command == "build":
+        main(rest)
+    elif command == "pack" and len(rest) == 1:
+        for name, path in pack_build(Path(rest[0]), Path(__file__).resolve().parent.parent).items():
+            print(f"[lab] {name}: {path}")
+    else:
+        sys.exit(USAGE)

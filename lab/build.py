@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -158,3 +159,53 @@ def main(argv: list[str] | None = None) -> None:
     cfg = replace(TOY if args.toy else BuildConfig(), seed=args.seed)
     summary = build(args.out, cfg, stages)
     print(json.dumps({k: summary[k] for k in ("seconds", "seconds_total", "report") if k in summary}, indent=2))
+
+
+def pack_build(build_dir: Path, repo: Path, *, train_rows: int = 32, heldout_rows: int = 32) -> dict[str, Path]:
+    """Copy a finished build into the repository form: ``lab/assets/{llasa,codec}`` and the lab data files.
+
+    Data: ``data/lab_train.jsonl`` (seen sentences, plain prompts), ``data/lab_heldout.jsonl`` (unseen),
+    ``data/lab_clone.jsonl`` (seen sentences with a reference clip of one of their two voices, from
+    ``data/lab_refs/``: one short clip per speaker, another sentence of that speaker).
+    """
+    from lab import corpus as corpus_mod
+    from lab.assets import pack
+    from tts.io import write_text
+
+    utts = corpus_mod.read_manifest(build_dir / "corpus")
+    pack(build_dir / "llasa", repo / "lab" / "assets" / "llasa")
+    pack(build_dir / "codec", repo / "lab" / "assets" / "codec")
+    sft = json.loads((build_dir / "summary.json").read_text())["config"]["sft"]
+    seen = list({u.text: u for u in utts if u.lm and u.split == "train"}.values())[: sft["max_sentences"]]
+    heldout = [u for u in utts if u.split == "heldout"]
+
+    def rows(us: list, **extra: str) -> str:
+        return "".join(json.dumps({"text": u.text, "language": "en", **extra}) + "\n" for u in us)
+
+    data = repo / "data"
+    refs_dir = data / "lab_refs"
+    refs_dir.mkdir(parents=True, exist_ok=True)
+    seen_texts = {u.text for u in seen}
+    refs = {}
+    for spk in corpus_mod.SPEAKERS:  # the shortest seen utterance of each speaker
+        mine = [u for u in utts if u.speaker == spk.name and u.text in seen_texts]
+        ref = min(mine, key=lambda u: (len(u.text), u.id))
+        shutil.copy2(build_dir / "corpus" / ref.audio, refs_dir / f"{spk.name}.wav")
+        refs[spk.name] = ref
+    clone = []
+    for u in [u for u in utts if u.text in seen_texts][: 2 * train_rows]:
+        ref = refs[u.speaker]
+        if ref.text != u.text:
+            row = {
+                "text": u.text,
+                "language": "en",
+                "ref_audio": f"lab_refs/{u.speaker}.wav",
+                "ref_text": ref.text,
+            }
+            clone.append(json.dumps({**row, "speaker": u.speaker}) + "\n")
+    files = {
+        "train": write_text(data / "lab_train.jsonl", rows(seen[:train_rows])),
+        "heldout": write_text(data / "lab_heldout.jsonl", rows(heldout[:heldout_rows])),
+        "clone": write_text(data / "lab_clone.jsonl", "".join(clone)),
+    }
+    return files

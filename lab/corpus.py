@@ -44,6 +44,7 @@ SPEAKERS = (
     Speaker("m2", "en-us+m7", 25, 150),
     Speaker("f2", "en-us+f4", 75, 175),
 )
+SPEAKER_BY_NAME = {s.name: s for s in SPEAKERS}
 
 NAMES = (
     "Anna Ben Clara David Emma Frank Grace Henry Iris Jack Kate Leo Mia Noah Olivia Paul Rosa Sam Tina Victor"
@@ -184,11 +185,10 @@ def build_corpus(
     from tts.io import write_text
 
     utts = plan(num_sentences, num_heldout, num_lm, seed)
-    by_name = {s.name: s for s in SPEAKERS}
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
 
     def one(u: Utterance) -> None:
-        save_audio(out_dir / u.audio, speak(u.text, by_name[u.speaker]))
+        save_audio(out_dir / u.audio, speak(u.text, SPEAKER_BY_NAME[u.speaker]))
 
     with ThreadPoolExecutor(workers) as pool:
         for _ in tqdm(pool.map(one, utts), total=len(utts), desc="[lab] corpus", unit="utt"):

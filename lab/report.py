@@ -44,6 +44,7 @@ class LabSystem:
     vocab: Any
     decoder: Any
     transcriber: Any
+    codec_dir: Path
 
     @classmethod
     def load(cls, model_dir: str | Path, codec_dir: str | Path, transcriber: Any = None) -> LabSystem:
@@ -54,13 +55,8 @@ class LabSystem:
 
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-        return cls(
-            model,
-            tok,
-            SpeechVocab.from_tokenizer(tok),
-            XCodec2Decoder.from_pretrained(codec_dir),
-            transcriber or whisper(),
-        )
+        decoder = XCodec2Decoder.from_pretrained(codec_dir)
+        return cls(model, tok, SpeechVocab.from_tokenizer(tok), decoder, transcriber or whisper(), Path(codec_dir))
 
     def speak(
         self,
@@ -119,84 +115,67 @@ def summarize(rollouts: Sequence[Any], espeak_seconds: Sequence[float] | None = 
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def codec_report(
-    corpus_dir: Path, codec_dir: Path, utts: Sequence[Any], codes: Mapping[str, np.ndarray], n: int, transcriber: Any
-) -> dict:
-    """Whisper WER of espeak originals vs codec reconstructions on ``n`` held-out utterances; code statistics."""
+def codec_wers(
+    codec_dir: str | Path, texts: Sequence[str], originals: Sequence[np.ndarray], transcriber: Any
+) -> tuple[float, float]:
+    """Mean Whisper WER of the espeak originals and of their encode -> decode reconstructions."""
     from lab.codec import LabEncoder
-    from tts.audio import load_audio
     from tts.codec import XCodec2Decoder
 
-    held = [u for u in utts if u.split == "heldout"][:n]
     enc, dec = LabEncoder.from_pretrained(codec_dir), XCodec2Decoder.from_pretrained(codec_dir)
-    originals = [load_audio(corpus_dir / u.audio) for u in held]
     with torch.inference_mode():
         recon = [dec.decode(enc.encode(torch.from_numpy(w)[None]))[0].numpy() for w in originals]
-    langs = ["en"] * len(held)
-    wer_orig = [
-        error_rate(u.text, t.text, "en") for u, t in zip(held, transcriber.transcribe(originals, langs), strict=True)
+    langs = ["en"] * len(texts)
+    wer = [
+        float(
+            np.mean(
+                [
+                    error_rate(x, t.text, "en")
+                    for x, t in zip(texts, transcriber.transcribe(list(a), langs), strict=True)
+                ]
+            )
+        )
+        for a in (originals, recon)
     ]
-    wer_rec = [
-        error_rate(u.text, t.text, "en") for u, t in zip(held, transcriber.transcribe(recon, langs), strict=True)
-    ]
+    return wer[0], wer[1]
+
+
+def code_statistics(codes: Mapping[str, np.ndarray]) -> dict[str, float]:
     allc = np.concatenate([np.asarray(c).reshape(-1) for c in codes.values()])
     counts = np.bincount(allc, minlength=4**8).astype(np.float64)
     p = counts[counts > 0] / counts.sum()
-    return {
-        "heldout_n": len(held),
-        "wer_espeak": round(float(np.mean(wer_orig)), 4),
-        "wer_reconstruction": round(float(np.mean(wer_rec)), 4),
-        "codes_used": int((counts > 0).sum()),
-        "entropy_bits": round(float(-(p * np.log2(p)).sum()), 3),
-    }
+    return {"codes_used": int((counts > 0).sum()), "entropy_bits": round(float(-(p * np.log2(p)).sum()), 3)}
 
 
-def clone_report(
+def voice_similarity(
     system: LabSystem,
-    corpus_dir: Path,
-    utts: Sequence[Any],
-    codes: Mapping[str, np.ndarray],
-    n: int,
-    temperature: float,
-    seed: int,
+    rows: Sequence[Mapping[str, Any]],
+    data_dir: Path,
+    *,
+    temperature: float = 0.8,
+    seed: int = 0,
     max_new_tokens: int = 400,
-) -> dict:
-    """For ``n`` seen sentences spoken by voices A and B: clone with a reference of A (another sentence of A) and
-    compare the resemblyzer similarity of the result to A's and to B's voice (mean embeddings of their clips)."""
+) -> tuple[float, float]:
+    """Clone each row (text, ref_audio, ref_text, speaker) and compare the resemblyzer similarity of the result
+    to the reference clip's voice and to the other voices' clips (``data_dir/lab_refs/<speaker>.wav``).
+
+    Returns (mean similarity to the reference voice, mean similarity to the other voices)."""
+    from lab.codec import file_encoder
     from reward.speaker import embed_file, embed_wav
 
-    by_text: dict[str, list[Any]] = {}
-    for u in utts:
-        if u.lm and u.split == "train":
-            by_text.setdefault(u.text, []).append(u)
-    pairs = [v for v in by_text.values() if len(v) == 2][:n]
-    by_speaker: dict[str, list[Any]] = {}
-    for u in utts:
-        by_speaker.setdefault(u.speaker, []).append(u)
-    voice = {
-        s: np.mean([embed_file(str(corpus_dir / u.audio)) for u in us[:8]], axis=0) for s, us in by_speaker.items()
-    }
-    rows, targets = [], []
-    for a, b in pairs:
-        ref = next(u for u in by_speaker[a.speaker] if u.lm and u.text != a.text)
-        rows.append({"text": a.text, "ref_text": ref.text, "ref_codes": codes[ref.id], "language": "en"})
-        targets.append((a.speaker, b.speaker))
-    out = system.speak(rows, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens)
-    sim_a, sim_b = [], []
+    encode = file_encoder(system.codec_dir)
+    clips = {p.stem: embed_file(str(p)) for p in sorted((data_dir / "lab_refs").glob("*.wav"))}
+    prompts = [dict(r, ref_codes=encode(data_dir / r["ref_audio"])) for r in rows]
+    out = system.speak(prompts, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens)
+    same, other = [], []
     for i, r in enumerate(out):
-        if r.audio.size < 1600:
+        if r.audio.size < 1600:  # under 0.1 s: no voice to compare
             continue
         e = embed_wav(r.audio)
-        a, b = targets[i // 2]
-        sim_a.append(float(np.dot(e, voice[a]) / np.linalg.norm(voice[a])))
-        sim_b.append(float(np.dot(e, voice[b]) / np.linalg.norm(voice[b])))
-    return {
-        "n": len(sim_a),
-        "similarity_to_reference_voice": round(float(np.mean(sim_a)), 4) if sim_a else None,
-        "similarity_to_other_voice": round(float(np.mean(sim_b)), 4) if sim_b else None,
-        "closer_to_reference_share": round(float(np.mean(np.array(sim_a) > np.array(sim_b))), 4) if sim_a else None,
-        **{f"clone_{k}": v for k, v in summarize(out).items()},
-    }
+        speaker = rows[i // 2]["speaker"]
+        same.append(float(np.dot(e, clips[speaker])))
+        other.append(float(np.mean([np.dot(e, v) for k, v in clips.items() if k != speaker])))
+    return float(np.mean(same)), float(np.mean(other))
 
 
 def measure(
@@ -208,24 +187,26 @@ def measure(
     temperatures: Sequence[float] = (0.6, 0.8, 1.0),
     max_new_tokens: int = 400,
 ) -> dict:
-    """The build summary's measurements (see module doc); ``n`` sentences per group."""
-    corpus_dir = out / "corpus"
-    codes = dict(np.load(out / "codes.npz"))
-    transcriber = whisper()
-    report: dict[str, Any] = {"codec": codec_report(corpus_dir, out / "codec", utts, codes, n, transcriber)}
-    system = LabSystem.load(out / "llasa", out / "codec", transcriber)
+    """The build summary's measurements (see module doc); ``n`` sentences per group, 2 samples each."""
     from tts.audio import load_audio
 
+    corpus_dir = out / "corpus"
+    transcriber = whisper()
+    held = [u for u in utts if u.split == "heldout"][:n]
+    wer_espeak, wer_codec = codec_wers(
+        out / "codec", [u.text for u in held], [load_audio(corpus_dir / u.audio) for u in held], transcriber
+    )
+    codec = {"heldout_n": len(held), "wer_espeak": round(wer_espeak, 4), "wer_reconstruction": round(wer_codec, 4)}
+    report: dict[str, Any] = {"codec": {**codec, **code_statistics(dict(np.load(out / "codes.npz")))}}
+    system = LabSystem.load(out / "llasa", out / "codec", transcriber)
     seen = list({u.text: u for u in utts if u.lm and u.split == "train"}.values())[:n]
-    unseen = [u for u in utts if u.split == "heldout"][:n]
     lm: dict[str, Any] = {}
     for t in temperatures:
-        for name, group in (("seen", seen), ("unseen", unseen)):
+        for name, group in (("seen", seen), ("unseen", held)):
             secs = [load_audio(corpus_dir / u.audio).size / 16000 for u in group for _ in range(2)]
             rollouts = system.speak(
                 [{"text": u.text} for u in group], temperature=t, seed=seed, max_new_tokens=max_new_tokens
             )
             lm[f"T{t}_{name}"] = summarize(rollouts, secs)
     report["lm"] = lm
-    report["cloning"] = clone_report(system, corpus_dir, utts, codes, max(2, n // 2), 0.8, seed, max_new_tokens)
     return report

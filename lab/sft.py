@@ -48,12 +48,13 @@ class SFTConfig:
     intermediate: int = 704
     vocab: int = 1024  # BPE text vocabulary before the Llasa tokens
     max_sentences: int = 160  # LM sentences used (each spoken by two speakers): fewer, seen more often
-    steps: int = 1500
+    steps: int = 2000
     batch: int = 8
     lr: float = 2e-3
     min_lr: float = 1e-4
     warmup: int = 100
     clone_fraction: float = 0.4  # share of batches with voice-cloning prompts (one kind per batch: less padding)
+    bf16: bool = True  # CPU bf16 autocast for the body: ~1.4x faster here (avx512_bf16)
     seed: int = 0
     threads: int = 2
 
@@ -72,9 +73,14 @@ class FactorisedHead(nn.Module):
         self.model, self.s0 = model, s0
         hidden = model.config.hidden_size
         self.digits = nn.Parameter(torch.randn(DIGITS, LEVELS, hidden) * (0.02 / math.sqrt(DIGITS)))
+        # The text rows train as their own tensor; the 66,536-row matrix is only written by export(), so it
+        # needs no gradient (a dense one would cost more than the whole model's backward).
+        embedding = model.get_input_embeddings().weight
+        self.text = nn.Parameter(embedding[:s0].detach().clone())
+        embedding.requires_grad_(False)
 
     def text_rows(self) -> Tensor:
-        return self.model.get_input_embeddings().weight[: self.s0]
+        return self.text
 
     def embed(self, ids: Tensor) -> Tensor:
         speech = ids >= self.s0
@@ -94,18 +100,22 @@ class FactorisedHead(nn.Module):
         text_logit = text_logits.gather(-1, torch.where(speech, 0, targets).unsqueeze(-1)).squeeze(-1)
         return torch.where(speech, speech_logit, text_logit) - log_z
 
-    def loss(self, ids: Tensor, attn: Tensor, loss_mask: Tensor) -> Tensor:
-        """Mean negative log-likelihood of the tokens where ``loss_mask`` (predicting ids[:, 1:])."""
-        out = self.model.model(inputs_embeds=self.embed(ids), attention_mask=attn)
-        h = out.last_hidden_state[:, :-1][loss_mask[:, 1:]]
+    def loss(self, ids: Tensor, attn: Tensor, loss_mask: Tensor, *, bf16: bool = False) -> Tensor:
+        """Mean negative log-likelihood of the tokens where ``loss_mask`` (predicting ids[:, 1:]).
+
+        ``bf16``: the body runs under CPU bf16 autocast (float32 master weights; the head stays float32)."""
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = self.model.model(inputs_embeds=self.embed(ids), attention_mask=attn)
+        h = out.last_hidden_state[:, :-1][loss_mask[:, 1:]].float()
         return -self.target_logprobs(h, ids[:, 1:][loss_mask[:, 1:]]).mean()
 
     @torch.no_grad()
     def export(self) -> None:
-        """Write e(c) for all codes into the ordinary (tied) embedding matrix."""
+        """Write the text rows and e(c) for all codes into the ordinary (tied) embedding matrix."""
         codes = torch.arange(NUM_CODES)
-        rows = self.digits[torch.arange(DIGITS), code_digits(codes)].sum(-2)
-        self.model.get_input_embeddings().weight[self.s0 : self.s0 + NUM_CODES] = rows
+        weight = self.model.get_input_embeddings().weight
+        weight[: self.s0] = self.text
+        weight[self.s0 : self.s0 + NUM_CODES] = self.digits[torch.arange(DIGITS), code_digits(codes)].sum(-2)
 
 
 def build_model(tokenizer: Any, cfg: SFTConfig) -> nn.Module:
@@ -189,8 +199,7 @@ def train_lm(
     plain, clone = make_examples(lm_utts, codes, tokenizer, vocab, fmt)
     model = build_model(tokenizer, cfg).train()
     head = FactorisedHead(model, vocab.first_id)
-    # The speech rows of the embedding matrix get no gradient (embed() never reads them) until export().
-    params = list(head.parameters())
+    params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
 
     def lr_at(step: int) -> float:
@@ -211,7 +220,7 @@ def train_lm(
             refs = clone[lm_utts[i].id]
             batch.append(rng.choice(refs) if cloning and refs else plain[i])
         ids, attn, mask = collate(batch, vocab.stop_id)
-        loss = head.loss(ids, attn, mask)
+        loss = head.loss(ids, attn, mask, bf16=cfg.bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
