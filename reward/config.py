@@ -20,6 +20,10 @@ def _default_gates() -> dict[str, float]:
     return {"complete": 0.5, "token_loop": 0.5, "audio_repeat": 0.5}
 
 
+# `preset = "original"`: the seed experiment's reward, (exp(−WER) + hangup) / 2, as a weighted mean of two terms.
+ORIGINAL_WEIGHTS = {"wer_original": 1.0, "hangup_original": 1.0}
+
+
 def check_rate_band(band: tuple[float, float], where: str) -> tuple[float, float]:
     """``band`` as floats if 0 < low < high (letters per second), else a ValueError naming ``where``."""
     try:
@@ -40,6 +44,9 @@ class RewardConfig:
     custom term before the config loads).
     """
 
+    # "default": the terms below; "original": the seed experiment's (exp(−WER) + hangup)/2 (weights and gates
+    # are then fixed: wer_original + hangup_original, no gates), for comparing the two by one switch.
+    preset: str = "default"
     weights: dict[str, float] = field(default_factory=_default_weights)
     gates: dict[str, float] = field(default_factory=_default_gates)
     gate_floor: float = 0.2
@@ -69,6 +76,18 @@ class RewardConfig:
     def __post_init__(self) -> None:
         from reward.terms import TERMS  # the registry; imported late because terms import this module
 
+        if self.preset not in ("default", "original"):
+            raise FieldError("preset", self.preset, "use 'default' or 'original'")
+        if self.preset == "original":
+            if self.weights != _default_weights() or self.gates != _default_gates():
+                raise FieldError(
+                    "preset",
+                    self.preset,
+                    "the original preset fixes weights and gates: remove [reward.weights] / "
+                    "[reward.gates], or keep preset = 'default' and set them",
+                )
+            object.__setattr__(self, "weights", dict(ORIGINAL_WEIGHTS))
+            object.__setattr__(self, "gates", {})
         known = ", ".join(sorted(TERMS))
         for table, values in (("weights", self.weights), ("gates", self.gates)):
             for name, value in values.items():

@@ -7,6 +7,7 @@ combination. No term decodes or transcribes; they all read the one shared transc
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -165,3 +166,29 @@ def speaker_similarity(r: SpeechRollout, ctx: StepContext) -> float | None:
     if not math.isfinite(cos):
         raise ValueError(f"[reward] speaker_similarity: the embedding of {r.ref_audio} or of the clip is not finite")
     return max(0.0, cos)
+
+
+# ------------------------------------------------------------- the original experiment's reward (preset "original")
+# reward = (exp(−WER) + hangup) / 2, exactly as the seed experiment computed it: its own normalisation (lower-case,
+# strip . , ? !; no number spelling), WER by jiwer, and the regex (.)\1{5,} on the raw transcript.
+
+_ORIGINAL_PUNCTUATION = re.compile(r"[.,?!]")
+_ORIGINAL_HANGUP = re.compile(r"(.)\1{5,}")
+
+
+def original_normalize(text: str) -> str:
+    return _ORIGINAL_PUNCTUATION.sub("", text.lower())
+
+
+@register("wer_original")
+def wer_original(r: SpeechRollout, ctx: StepContext) -> float:
+    """exp(−WER) with the original normalisation: lower-case, strip ``. , ? !`` (numbers are not spelled out)."""
+    import jiwer
+
+    return math.exp(-jiwer.wer(original_normalize(r.text), original_normalize(r.transcript.text)))
+
+
+@register("hangup_original")
+def hangup_original(r: SpeechRollout, ctx: StepContext) -> float:
+    """0 if the raw transcript matches ``(.)\1{5,}`` (six of one character in a row), else 1."""
+    return 0.0 if _ORIGINAL_HANGUP.search(r.transcript.text) else 1.0
