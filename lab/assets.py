@@ -29,7 +29,7 @@ def pack(folder: Path, target: Path) -> Path:
         if f.name == "tokenizer.json":
             with open(f, "rb") as src, gzip.GzipFile(target / "tokenizer.json.gz", "wb", mtime=0) as dst:
                 shutil.copyfileobj(src, dst)
-        elif f.is_file():
+        elif f.is_file() and f.suffix != ".done":  # build markers stay in the build folder
             shutil.copy2(f, target / f.name)
     return target
 

@@ -21,7 +21,9 @@ import numpy as np
 from lab.codec import CodecTrainConfig
 from lab.sft import SFTConfig
 
-STAGES = ("corpus", "codec", "encode", "sft", "report")
+DECODER_DONE = "decoder.done"  # marker in the codec folder: the decoder-only stage has run
+SFT2_DONE = "sft2.done"  # marker in the LM folder: the second SFT phase has run
+STAGES = ("corpus", "codec", "encode", "decoder", "sft", "sft2", "report")
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,15 @@ class BuildConfig:
     num_lm: int = 300
     seed: int = 0
     codec: CodecTrainConfig = field(default_factory=CodecTrainConfig)
+    # decoder-only training on the fixed encoder's codes, longer crops; independent of the LM stage
+    decoder: CodecTrainConfig = field(
+        default_factory=lambda: CodecTrainConfig(steps=2000, batch=8, crop_frames=128, lr=5e-4, min_lr=5e-5, seed=1)
+    )
     sft: SFTConfig = field(default_factory=SFTConfig)
+    # a second SFT phase from the first one's model, with a fresh (lower) cosine schedule; None: skip
+    sft2: SFTConfig | None = field(
+        default_factory=lambda: SFTConfig(steps=1500, lr=6e-4, min_lr=2e-5, warmup=50, seed=1)
+    )
     report_sentences: int = 16  # per group in the summary's WER measurements
     report_temperatures: tuple[float, ...] = (0.6, 0.8, 1.0)
     report_max_new_tokens: int = 400
@@ -42,7 +52,9 @@ TOY = BuildConfig(
     num_heldout=4,
     num_lm=6,
     codec=CodecTrainConfig(steps=3, batch=2, crop_frames=16, warmup=1),
+    decoder=CodecTrainConfig(steps=2, batch=2, crop_frames=16, warmup=1),
     sft=replace(SFTConfig(), steps=3, batch=2, hidden=32, layers=1, heads=2, vocab=300, warmup=1),
+    sft2=replace(SFTConfig(), steps=2, batch=2, hidden=32, layers=1, heads=2, vocab=300, warmup=1, seed=1),
     report_sentences=2,
     report_temperatures=(1.0,),
     report_max_new_tokens=40,
@@ -108,6 +120,19 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
             np.savez_compressed(codes_file, **codes)
 
         timed("encode", encode_stage)
+    if "decoder" in stages and not (codec_dir / DECODER_DONE).is_file():
+
+        def decoder_stage() -> None:
+            from tts.codec import XCodec2Decoder
+
+            train = [u for u in utts if u.split == "train"]
+            init = (LabEncoder.from_pretrained(codec_dir), XCodec2Decoder.from_pretrained(codec_dir))
+            enc, dec, log = train_codec(load_wavs(corpus_dir, train), cfg.decoder, init=init)
+            save_codec(codec_dir, enc, dec)  # same encoder weights, so codes.npz stays valid
+            (codec_dir / DECODER_DONE).write_text("decoder trained on the fixed encoder\n")
+            summary["decoder_loss"] = log
+
+        timed("decoder", decoder_stage)
     if "sft" in stages and not (llasa_dir / "config.json").is_file():
         from lab.sft import train_lm
 
@@ -118,6 +143,16 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
             )
 
         timed("sft", sft_stage)
+    if "sft2" in stages and cfg.sft2 is not None and not (llasa_dir / SFT2_DONE).is_file():
+        from lab.sft import train_lm
+
+        def sft2_stage() -> None:
+            codes = dict(np.load(codes_file))
+            sentences = corpus_mod.sentences(cfg.num_sentences, cfg.seed)
+            summary["sft2_loss"] = train_lm(llasa_dir, utts, codes, cfg.sft2, sentences=sentences, init_dir=llasa_dir)
+            (llasa_dir / SFT2_DONE).write_text("second SFT phase done\n")
+
+        timed("sft2", sft2_stage)
     if "report" in stages:
         from lab.report import measure
 

@@ -201,18 +201,27 @@ def train_codec(
     *,
     decoder_config: XCodec2Config = LAB_DECODER,
     encoder_config: EncoderConfig = EncoderConfig(),
+    init: tuple[LabEncoder, XCodec2Decoder] | None = None,
     log_every: int = 50,
 ) -> tuple[LabEncoder, XCodec2Decoder, list[dict[str, float]]]:
-    """Train encoder + decoder jointly on random crops of ``wavs``; returns them and the loss log."""
+    """Train encoder + decoder jointly on random crops of ``wavs``; returns them and the loss log.
+
+    With ``init`` (a trained pair) only the decoder trains: the encoder, and so every code already written
+    with it, stays fixed, so the decoder can keep improving while the LM trains on those codes.
+    """
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
-    decoder = XCodec2Decoder(decoder_config).train()
-    encoder = LabEncoder(encoder_config, decoder_config.vq_dim, len(decoder_config.levels)).train()
+    if init is None:
+        decoder = XCodec2Decoder(decoder_config).train()
+        encoder = LabEncoder(encoder_config, decoder_config.vq_dim, len(decoder_config.levels)).train()
+        params = [*encoder.parameters(), *decoder.parameters()]
+    else:
+        encoder, decoder = init[0].eval().requires_grad_(False), init[1].float().train()
+        params = list(decoder.parameters())
     loss_fn = ReconstructionLoss()
-    params = [*encoder.parameters(), *decoder.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.8, 0.99), weight_decay=0.0)
 
     def lr_at(step: int) -> float:
@@ -223,7 +232,7 @@ def train_codec(
 
     log: list[dict[str, float]] = []
     t0, running = time.time(), 0.0
-    bar = tqdm(range(cfg.steps), desc="[lab] codec", unit="step")
+    bar = tqdm(range(cfg.steps), desc="[lab] codec" if init is None else "[lab] decoder", unit="step")
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)

@@ -79,6 +79,17 @@ class FactorisedHead(nn.Module):
         self.text = nn.Parameter(embedding[:s0].detach().clone())
         embedding.requires_grad_(False)
 
+    @classmethod
+    def from_exported(cls, model: nn.Module, s0: int) -> FactorisedHead:
+        """Recover the digit vectors of a saved model (rows e(c) = Σ_i D[i, d_i]: a least-squares solve that is
+        exact up to a shift between digit positions, which no sum sees), to continue training it."""
+        head = cls(model, s0)
+        with torch.no_grad():
+            rows = model.get_input_embeddings().weight[s0 : s0 + NUM_CODES].float()
+            onehot = F.one_hot(code_digits(torch.arange(NUM_CODES)), LEVELS).float().reshape(NUM_CODES, -1)
+            head.digits.copy_(torch.linalg.lstsq(onehot, rows, driver="gelsd").solution.reshape(DIGITS, LEVELS, -1))
+        return head
+
     def text_rows(self) -> Tensor:
         return self.text
 
@@ -181,10 +192,20 @@ def collate(batch: Sequence[Example], pad_id: int) -> tuple[Tensor, Tensor, Tens
 
 
 def train_lm(
-    out_dir: Path, utts: Sequence[Any], codes: Mapping[str, np.ndarray], cfg: SFTConfig, *, sentences: Sequence[str]
+    out_dir: Path,
+    utts: Sequence[Any],
+    codes: Mapping[str, np.ndarray],
+    cfg: SFTConfig,
+    *,
+    sentences: Sequence[str],
+    init_dir: Path | None = None,
 ) -> list[dict[str, float]]:
-    """Fine-tune on the corpus' LM utterances and save model + tokenizer to ``out_dir``; returns the loss log."""
+    """Fine-tune on the corpus' LM utterances and save model + tokenizer to ``out_dir``; returns the loss log.
+
+    ``init_dir``: continue from that saved model (a second phase with its own schedule) instead of a fresh one.
+    """
     from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tts.tiny import build_tokenizer
 
@@ -192,13 +213,20 @@ def train_lm(
     torch.set_num_threads(cfg.threads)
     rng = random.Random(cfg.seed)
     fmt = PromptFormat()
-    tokenizer = build_tokenizer(cfg.vocab, sentences=[PROMPT_WORDS, *sentences])
+    if init_dir is None:
+        tokenizer = build_tokenizer(cfg.vocab, sentences=[PROMPT_WORDS, *sentences])
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(init_dir)
     vocab = SpeechVocab.from_tokenizer(tokenizer, fmt.stop_token)
     texts = set(list(dict.fromkeys(u.text for u in utts if u.lm and u.split == "train"))[: cfg.max_sentences])
     lm_utts = [u for u in utts if u.lm and u.split == "train" and u.text in texts]
     plain, clone = make_examples(lm_utts, codes, tokenizer, vocab, fmt)
-    model = build_model(tokenizer, cfg).train()
-    head = FactorisedHead(model, vocab.first_id)
+    if init_dir is None:
+        model = build_model(tokenizer, cfg).train()
+        head = FactorisedHead(model, vocab.first_id)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32).train()
+        head = FactorisedHead.from_exported(model, vocab.first_id)
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
 

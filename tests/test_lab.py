@@ -38,9 +38,11 @@ def test_factorised_softmax_equals_the_exported_model() -> None:
         head.export()
         full = torch.log_softmax(model(ids).logits[0, :-1].double(), -1).gather(-1, ids[0, 1:, None])[:, 0]
     assert torch.allclose(factorised.double(), full, atol=1e-4), (factorised, full)
-    # and the exported speech rows are the digit sums the embedding used
+    # and the exported speech rows are the digit sums the embedding used; a second phase recovers the digits
     emb = model.get_input_embeddings().weight
     assert torch.allclose(emb[ids[0, 3]], head.embed(ids)[0, 3], atol=1e-6)
+    again = FactorisedHead.from_exported(model, vocab.first_id)
+    assert torch.allclose(again.embed(ids), head.embed(ids), atol=1e-4)
 
 
 def test_encoder_codes_decode_on_the_decoder_grid() -> None:
@@ -62,7 +64,7 @@ def test_build_runs_end_to_end_at_toy_size(tmp_path: Path) -> None:
 
     speech_fixtures.require_speech_tools()
     summary = build(tmp_path / "b", TOY)
-    assert set(summary["seconds"]) == {"corpus", "codec", "encode", "sft", "report"}
+    assert set(summary["seconds"]) == {"corpus", "codec", "encode", "decoder", "sft", "sft2", "report"}
     assert summary["report"]["codec"]["heldout_n"] == 2 and summary["report"]["lm"]["T1.0_seen"]["n"] == 4
     again = build(tmp_path / "b", TOY, ("corpus", "codec", "encode", "sft"))  # resumable: done stages skip
     assert again["seconds"]["codec"] == summary["seconds"]["codec"]
