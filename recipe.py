@@ -196,7 +196,24 @@ def example_language(cfg: Config, ex: Any) -> str:
             f"data.path={cfg.data.path!r} line {ex.line}: no 'language' in the row and transcriber.language "
             "is not set: give every row a language or set transcriber.language"
         )
+    known = whisper_languages()
+    if known and language not in known:
+        where = f"line {ex.line}: language" if ex.language else "transcriber.language ="
+        raise ConfigError(
+            f"data.path={cfg.data.path!r} {where} {language!r}: not a language the Whisper transcriber knows "
+            f"(e.g. {', '.join(sorted(known)[:8])}, ...)"
+        )
     return language
+
+
+def whisper_languages() -> frozenset[str]:
+    """The language codes every transcriber backend (Whisper, in process or as reward.service) accepts; empty
+    when faster-whisper is not installed here (a remote service then checks)."""
+    try:
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+    except ImportError:
+        return frozenset()
+    return frozenset(_LANGUAGE_CODES)
 
 
 def build_prompts(cfg: Config, examples: Sequence[Any], tokenizer: Any, vocab: Any) -> list[Prompt]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from grpo import distributed as dist
 from grpo.checkpoint import checkpoint_dirs, find_checkpoint
-from grpo.config import ConfigError, dump_toml
+from grpo.config import ConfigError, FieldError, dump_toml
 from grpo.metrics import METRICS_FILE, read_metrics, summarize
 from grpo.trainer import GRPOTrainer, TrainResult
 
@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = recipe.load(args.config, args.set)
+        try:
+            cfg.training  # noqa: B018 (its checks: the sampling that training can account for)
+        except FieldError as e:
+            raise ConfigError(f"{args.config}: {e}") from None
         recipe.check_resources(cfg, source=args.config)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -91,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer=parts.tokenizer,
             dist_info=info,
         )
-        result = trainer.train(resume=resume)
+        try:
+            result = trainer.train(resume=resume)
+        except Exception:
+            if info.is_main and checkpoint_dirs(run_dir):  # a failed step still leaves its predecessors resumable
+                saved = f"saved {trainer.failure_checkpoint}; " if trainer.failure_checkpoint else ""
+                print(f"[train] {saved}resume with: {resume_command(args, 'auto')}", file=sys.stderr, flush=True)
+            raise
     except (ConfigError, FileNotFoundError, DataError) as e:  # bad input, already phrased for the user
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -114,9 +124,13 @@ def report(result: TrainResult, args: argparse.Namespace, seconds: float) -> str
         f"  checkpoint   {result.checkpoint or 'none written'}",
     ]
     if result.interrupted:
-        cmd = ["python", "train.py", "--config", args.config, *(a for s in args.set for a in ("--set", s))]
-        lines.append(f"  resume with: {shlex.join([*cmd, '--resume', str(result.checkpoint)])}")
+        lines.append(f"  resume with: {resume_command(args, str(result.checkpoint))}")
     return "\n".join(lines)
+
+
+def resume_command(args: argparse.Namespace, checkpoint: str) -> str:
+    cmd = ["python", "train.py", "--config", args.config, *(a for s in args.set for a in ("--set", s))]
+    return shlex.join([*cmd, "--resume", checkpoint])
 
 
 if __name__ == "__main__":

@@ -110,11 +110,13 @@ def save_checkpoint(
     state: dict[str, Any],
     tokenizer: Any = None,
     keep_last: int = 3,
+    rng: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``checkpoint-<step>`` atomically (collective: every rank calls it; rank 0 writes the shared parts).
 
     An FSDP-sharded model and its optimizer state are gathered whole onto rank 0 first, so the checkpoint is
-    the same plain model folder and resumes at any world size.
+    the same plain model folder and resumes at any world size. ``rng`` replaces this rank's current generator
+    states (a checkpoint of an earlier moment, e.g. the start of a step that failed).
     """
     sharded = dist.is_sharded(model)
     weights = dist.full_state_dict(model) if sharded else None  # collective
@@ -138,7 +140,7 @@ def save_checkpoint(
         info = {"step": step, "world_size": dist.world_size(), "sharded": sharded, **state}
         (tmp / STATE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     dist.barrier()
-    torch.save(rng_state(), tmp / f"rng-rank{dist.rank()}.pt")
+    torch.save(rng or rng_state(), tmp / f"rng-rank{dist.rank()}.pt")
     dist.barrier()
     if dist.rank() == 0:
         if final.exists():  # saving a step again (e.g. resumed from it): swap by renames, then delete the old one

@@ -1,0 +1,194 @@
+"""Faults and hostile input (issue 13): each case ends in a named error, a refusal or a safe recovery."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from grpo.config import ConfigError, GenerationConfig, TrainingConfig, load_config
+from grpo.generation import HFGenerator
+from grpo.importance import importance_weights
+from grpo.loss import grpo_loss
+from grpo.trainer import GRPOTrainer, NonFiniteError
+from tests.grpo_fixtures import (
+    PAD,
+    STOP,
+    ScriptedGenerator,
+    TokenSetScorer,
+    one_thread,  # noqa: F401 (a fixture, used by pytestmark)
+    prompts,
+    tiny_llama,
+    training_config,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _trainer(run_dir, scorer=None, generator=None, **sections) -> GRPOTrainer:
+    cfg = training_config(run_dir, **sections)
+    return GRPOTrainer(
+        tiny_llama(seed=3),
+        generator or ScriptedGenerator(),
+        scorer or TokenSetScorer(range(2, 12)),
+        prompts(6),
+        cfg,
+        pad_id=PAD,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 1. Numerics: no NaN through the importance mask or the ratio; non-finite steps and saves are refused
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_importance_mask_of_a_huge_mismatch_is_zero_not_nan(level):
+    old = torch.zeros(2, 4)
+    sampler = torch.tensor([[-100.0, 0, 0, 0], [-3.0, -3.0, -3.0, 0]])  # 100 nats at a token; 3 nats/token
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    w, stats = importance_weights(old, sampler, mask, level=level, cap=3.0, mode="mask")
+    assert torch.isfinite(w).all(), w
+    assert w[0, 0] == 0 and w[0, 3] == 0  # beyond the cap, and padding
+    if level == "sequence":
+        assert (w[1] == 0).all()  # exp(9) > 3: the whole sequence drops out
+    assert all(math.isfinite(v) for v in stats.values()), stats
+    w_trunc, _ = importance_weights(old, sampler, mask, level=level, cap=3.0, mode="truncate")
+    assert torch.isfinite(w_trunc).all() and w_trunc.max() <= 3.0
+
+
+def test_loss_ratio_is_clamped_so_a_huge_log_ratio_gives_a_finite_loss_and_gradient():
+    logps = torch.tensor([[100.0, 0.0], [-100.0, 0.0]], requires_grad=True)
+    old = torch.zeros(2, 2)
+    ref = torch.full((2, 2), 100.0)
+    loss, stats = grpo_loss(logps, old, torch.tensor([1.0, -1.0]), torch.ones(2, 2), ref_logps=ref, beta=0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logps.grad).all()
+    assert all(torch.isfinite(v) for v in stats.values()), stats
+
+
+class _NaNSamplerGenerator(ScriptedGenerator):
+    """An engine that reports a NaN log-prob for one sampled token (a broken kernel, a bad weight push)."""
+
+    def generate(self, prompt_ids, group_size):
+        r = super().generate(prompt_ids, group_size)
+        logps = torch.full(r.completion_ids.shape, -1.0)
+        logps[0, 0] = float("nan")
+        return dataclasses.replace(r, sampler_logps=logps)
+
+
+def test_a_non_finite_step_is_refused_before_it_touches_the_weights(tmp_path):
+    tr = _trainer(tmp_path, generator=_NaNSamplerGenerator())
+    before = {n: p.detach().clone() for n, p in tr.policy.named_parameters()}
+    with pytest.raises(NonFiniteError, match=r"step 1: non-finite loss=nan, grad_norm=nan"):
+        tr.train()
+    for n, p in tr.policy.named_parameters():
+        assert torch.equal(p, before[n]), n
+    assert not list(tmp_path.glob("checkpoint-*"))  # nothing was saved
+
+
+def test_a_checkpoint_of_non_finite_weights_is_refused(tmp_path):
+    tr = _trainer(tmp_path)
+    with torch.no_grad():
+        tr.policy.model.norm.weight[0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"parameter model.norm.weight is not finite"):
+        tr.save()
+    assert not list(tmp_path.glob("*checkpoint-*"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2. hf backend + processed sampling: refused at config load (no uncorrected off-policy sampling)
+
+
+@pytest.mark.parametrize("setting", ["top_p = 0.5", "top_k = 20", "repetition_penalty = 1.2"])
+def test_hf_backend_refuses_processed_sampling_at_config_load(tmp_path, setting):
+    path = tmp_path / "c.toml"
+    path.write_text(f'[generation]\nbackend = "hf"\n{setting}\n')
+    key = setting.split(" ")[0]
+    with pytest.raises(ConfigError, match=rf"c.toml: generation.{key}=.*returns no sampler log-probs"):
+        load_config(TrainingConfig, path)
+    path.write_text(f'[generation]\nbackend = "vllm_server"\n{setting}\n')  # processed log-probs: corrected
+    assert load_config(TrainingConfig, path).generation.backend == "vllm_server"
+    GenerationConfig(backend="hf", top_p=0.5)  # sampling alone (evaluation) stays allowed
+
+
+def test_train_refuses_hf_with_top_p_before_loading_models(capsys):
+    import train
+
+    assert train.main(["--config", "tiny.toml", "--set", "generation.top_p=0.5"]) == 2
+    assert "tiny.toml: generation.top_p=0.5: generation.backend = 'hf'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 7. A step that raises: the last completed step is saved (exactly resumable); bad languages refused at load
+
+
+class _FailingScorer(TokenSetScorer):
+    """Scores like TokenSetScorer; the ``fail_at``-th call raises as a vanished transcription service does."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__(range(2, 12))
+        self.fail_at, self.calls = fail_at, 0
+
+    def score(self, rollouts):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise ConnectionError("transcription service at http://127.0.0.1:8765 is gone")
+        return super().score(rollouts)
+
+
+def _sampling_trainer(run_dir, initial, fail_at=None, max_steps=4):
+    cfg = training_config(run_dir, run={"max_steps": max_steps, "save_every": 0, "seed": 7})
+    model = copy.deepcopy(initial)
+    gen = HFGenerator(model, cfg.generation, pad_id=PAD, stop_ids=[STOP])
+    return GRPOTrainer(model, gen, _FailingScorer(fail_at), prompts(5), cfg, pad_id=PAD)
+
+
+def test_an_exception_mid_run_saves_the_last_completed_step_which_resumes_exactly(tmp_path, capsys):
+    initial = tiny_llama(seed=11)
+    straight = _sampling_trainer(tmp_path / "a", initial)
+    straight.train()
+
+    failing = _sampling_trainer(tmp_path / "b", initial, fail_at=3)  # save_every = 0: nothing saved on main
+    with pytest.raises(ConnectionError):
+        failing.train()
+    assert failing.failure_checkpoint == tmp_path / "b" / "checkpoint-2"
+    assert "step 3 failed (ConnectionError): saved step 2" in capsys.readouterr().out
+    state = json.loads((tmp_path / "b" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["data"] == {"epoch": 0, "position": 4}  # not past step 3's prompts
+
+    resumed = _sampling_trainer(tmp_path / "b", initial)
+    result = resumed.train(resume=tmp_path / "b" / "checkpoint-2")
+    assert (result.start_step, result.step) == (2, 4)
+    for (name, p), q in zip(straight.policy.named_parameters(), resumed.policy.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_a_failure_at_the_first_step_or_after_an_update_saves_nothing(tmp_path):
+    initial = tiny_llama(seed=1)
+    with pytest.raises(ConnectionError):
+        _sampling_trainer(tmp_path / "a", initial, fail_at=1).train()
+    assert not list((tmp_path / "a").glob("*checkpoint-*"))
+    tr = _sampling_trainer(tmp_path / "b", initial)
+    tr.train_step()
+    tr.step = 1
+    tr._updated_this_step = True  # as if the second of μ updates had raised
+    tr._save_after_failure(RuntimeError("x"), print)
+    assert tr.failure_checkpoint is None and not list((tmp_path / "b").glob("*checkpoint-*"))
+
+
+def test_an_unknown_language_is_refused_at_data_load_with_its_line():
+    import types
+
+    import recipe
+
+    if not recipe.whisper_languages():
+        pytest.skip("faster-whisper is not installed")
+    cfg = recipe.load("tiny.toml")
+    row = types.SimpleNamespace(language="xx", line=7)
+    with pytest.raises(ConfigError, match=r"data/tiny.jsonl' line 7: language 'xx': not a language the Whisper"):
+        recipe.example_language(cfg, row)
+    assert recipe.example_language(cfg, types.SimpleNamespace(language="de", line=1)) == "de"
