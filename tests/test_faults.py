@@ -192,3 +192,152 @@ def test_an_unknown_language_is_refused_at_data_load_with_its_line():
     with pytest.raises(ConfigError, match=r"data/tiny.jsonl' line 7: language 'xx': not a language the Whisper"):
         recipe.example_language(cfg, row)
     assert recipe.example_language(cfg, types.SimpleNamespace(language="de", line=1)) == "de"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 3, 10, 11, 12. The generation server: bounded requests, validated weight files, checked request fields
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-served")
+    tiny_llama(seed=21).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def hf_served(tiny_model_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from grpo.engine import HFEngine
+    from grpo.serve import create_app
+
+    engine = HFEngine(str(tiny_model_dir))
+    weights_dir = tmp_path / "shm"
+    weights_dir.mkdir()
+    return engine, TestClient(create_app(engine, weights_dir=weights_dir)), weights_dir
+
+
+def test_hf_engine_keeps_only_the_chosen_tokens_logprobs_and_they_are_the_processed_ones(hf_served, monkeypatch):
+    from grpo.engine import Sampling
+    from grpo.generation import hf_sampling_config, left_pad
+
+    engine, _, _ = hf_served
+    sampling = Sampling(max_new_tokens=6, temperature=0.7, top_p=0.8, top_k=5, repetition_penalty=1.3, seed=3)
+    sampling = dataclasses.replace(sampling, stop_ids=(STOP,))
+    real_generate = engine.model.generate
+    kwargs_seen = []
+
+    def generate(**kwargs):
+        kwargs_seen.append(kwargs)
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(engine.model, "generate", generate)
+    prompts_ = [[4, 5, 6], [7, 8]]
+    samples = engine.generate(prompts_, 3, sampling)
+    assert not kwargs_seen[0].get("output_scores") and not kwargs_seen[0].get("return_dict_in_generate")
+    monkeypatch.undo()
+
+    # Reference: transformers' own processed scores of the same sampling (what the engine kept before, [N, T, V]).
+    ids, mask = left_pad([p for p in prompts_ for _ in range(3)], STOP)
+    torch.manual_seed(3)
+    out = engine.model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        generation_config=hf_sampling_config(sampling, sampling.stop_ids, STOP),
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    new = out.sequences[:, ids.shape[1] :]
+    ref = torch.stack(out.scores, 1).float().log_softmax(-1).gather(-1, new[..., None])[..., 0]
+    flat = [s for g in samples for s in g]
+    for i, s in enumerate(flat):
+        k = len(s.token_ids)
+        assert list(s.token_ids) == new[i, :k].tolist()
+        torch.testing.assert_close(torch.tensor(s.logprobs), ref[i, :k], atol=1e-5, rtol=0)
+    assert any(lp < -1e-3 for s in flat for lp in s.logprobs)
+
+
+def test_server_bounds_prompts_times_n_times_max_new_tokens():
+    from fastapi.testclient import TestClient
+
+    from grpo.serve import create_app
+    from tests.test_vllm_backends import FakeEngine
+
+    engine = FakeEngine()
+    client = TestClient(create_app(engine, max_request_tokens=100))
+    body = {"prompt_ids": [[1], [2]], "n": 10, "sampling": {"max_new_tokens": 6}}
+    reply = client.post("/generate", json=body)
+    assert reply.status_code == 422 and "2 × 10 × 6 = 120 exceeds" in reply.json()["detail"]
+    assert "--max-request-tokens" in reply.json()["detail"] and engine.calls == []
+    body["sampling"]["max_new_tokens"] = 5
+    assert client.post("/generate", json=body).status_code == 200
+
+
+def _push(client, path, version):
+    return client.post("/update_weights", json={"path": str(path), "version": version})
+
+
+def test_bad_weight_files_are_refused_before_the_served_model_changes(hf_served, tmp_path):
+    from safetensors.torch import save_file
+
+    engine, client, shm = hf_served
+    before = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    good = {k: torch.zeros_like(v) for k, v in before.items() if k != "lm_head.weight"}
+    cases = {
+        "shape": {**good, "model.norm.weight": torch.zeros(7)},
+        "name": {**good, "model.layers.9.mlp.up_proj.weight": torch.zeros(2, 2)},
+        "dtype": {**good, "model.norm.weight": torch.zeros(32, dtype=torch.float16)},
+        "nan": {**good, "model.norm.weight": torch.full((32,), float("nan"))},
+    }
+    expected = {"shape": "has shape (7,)", "name": "unexpected", "dtype": "float16", "nan": "NaN or inf"}
+    for case, tensors in cases.items():
+        save_file(tensors, str(shm / f"{case}.safetensors"))
+        reply = _push(client, shm / f"{case}.safetensors", 1)
+        assert reply.status_code == 400 and expected[case] in reply.json()["detail"], (case, reply.json())
+        for k, v in engine.model.state_dict().items():
+            assert torch.equal(v, before[k]), (case, k)
+    assert client.get("/info").json()["weights_version"] == 0
+    save_file(good, str(shm / "good.safetensors"))
+    assert _push(client, shm / "good.safetensors", 1).status_code == 200
+    assert (engine.model.model.norm.weight == 0).all()
+    assert _push(client, shm / "good.safetensors", 2).status_code == 200
+    reply = _push(client, shm / "good.safetensors", 2)  # a version that does not increase
+    assert reply.status_code == 409 and client.get("/info").json()["weights_version"] == 2
+
+
+def test_update_weights_loads_only_files_inside_the_weights_folder(hf_served, tmp_path):
+    from safetensors.torch import save_file
+
+    engine, client, shm = hf_served
+    outside = tmp_path / "elsewhere.safetensors"
+    save_file({k: v.clone() for k, v in engine.model.state_dict().items() if k != "lm_head.weight"}, str(outside))
+    (shm / "link.safetensors").symlink_to(outside)
+    for path in (outside, shm / "link.safetensors", shm / ".." / "elsewhere.safetensors"):
+        reply = _push(client, path, 1)
+        assert reply.status_code == 403 and "outside the server's weights folder" in reply.json()["detail"], path
+    assert client.get("/info").json()["weights_version"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt_ids": [[1, 32]], "n": 2, "sampling": {"max_new_tokens": 2}}, "prompt_ids[0]: token id 32"),
+        ({"prompt_ids": [[-1]], "n": 2, "sampling": {"max_new_tokens": 2}}, "prompt_ids"),
+        ({"prompt_ids": [[1]], "n": 2, "sampling": {"max_new_tokens": 2, "temperature": 0}}, "temperature"),
+        ({"prompt_ids": [[1]], "n": 2, "sampling": {"max_new_tokens": 2, "top_p": 5}}, "top_p"),
+        ({"prompt_ids": [[1]], "n": "2", "sampling": {"max_new_tokens": 2}}, '"n"'),
+        ({"prompt_ids": "abc", "n": 2, "sampling": {"max_new_tokens": 2}}, "prompt_ids"),
+        ({"prompt_ids": [[1]], "n": 2, "sampling": {"max_new_tokens": 2, "stop_ids": [99]}}, "stop_ids: token id 99"),
+    ],
+)
+def test_generate_requests_are_validated_naming_the_field(body, field):
+    from fastapi.testclient import TestClient
+
+    from grpo.serve import create_app
+    from tests.test_vllm_backends import FakeEngine
+
+    engine = FakeEngine(vocab_size=32)
+    reply = TestClient(create_app(engine), raise_server_exceptions=False).post("/generate", json=body)
+    assert reply.status_code == 422, reply.text
+    assert field in reply.text and engine.calls == []
