@@ -557,9 +557,31 @@ class GRPOTrainer:
     def load(self, checkpoint: str | Path) -> None:
         state = load_checkpoint(checkpoint, model=self.policy, optimizer=self.optimizer, scheduler=self.scheduler)
         self.step = int(state["step"])
-        self.sampler.load_state_dict(state["data"])
+        data = {"epoch": int(state["data"]["epoch"]), "position": int(state["data"]["position"])}
+        if data["position"] > self.sampler.n:  # the data file shrank since: the epoch in progress cannot go on
+            if self.dist.is_main:
+                print(
+                    f"[grpo] {checkpoint}: data position {data['position']} is past the {self.sampler.n} prompts of "
+                    f"the data now (the file shrank?): continuing with epoch {data['epoch'] + 1} from its start",
+                    flush=True,
+                )
+            data = {"epoch": data["epoch"] + 1, "position": 0}
+        self.sampler.load_state_dict(data)
+        self._apply_optim_config()
         self.data_state = self.sampler.state_dict()
         self.generator.sync_weights(self.policy)
+
+    def _apply_optim_config(self) -> None:
+        """After loading a checkpoint: the optimizer's hyperparameters are the config's, not the checkpoint's (a
+        resumed run's ``--set optim.lr=...`` takes effect); the lr is base × the schedule at the updates done."""
+        o = self.cfg.optim
+        self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
+        for group, lam in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = o.lr
+            group["lr"] = o.lr * lam(self.scheduler.last_epoch)
+            group["betas"], group["eps"] = o.betas, o.adam_eps
+            group["weight_decay"] = o.weight_decay if all(p.dim() >= 2 for p in group["params"]) else 0.0
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def train(self, resume: str | Path | None = None) -> TrainResult:
         """Run until ``run.max_steps``, or until SIGINT/SIGTERM (then checkpoint and return ``interrupted``)."""

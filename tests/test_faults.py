@@ -6,6 +6,8 @@ import copy
 import dataclasses
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -341,3 +343,222 @@ def test_generate_requests_are_validated_naming_the_field(body, field):
     reply = TestClient(create_app(engine), raise_server_exceptions=False).post("/generate", json=body)
     assert reply.status_code == 422, reply.text
     assert field in reply.text and engine.calls == []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 4. Resuming with changed settings: applied (and printed, recorded) or refused, per field
+
+
+def test_a_resumed_run_applies_the_new_optimizer_settings(tmp_path):
+    first = _trainer(tmp_path, run={"max_steps": 2, "save_every": 2}, optim={"lr": 1e-2, "max_grad_norm": 1.0})
+    first.train()
+    resumed = _trainer(
+        tmp_path, run={"max_steps": 4}, optim={"lr": 0.05, "betas": (0.8, 0.9), "weight_decay": 0.1, "adam_eps": 1e-6}
+    )
+    resumed.load(tmp_path / "checkpoint-2")
+    groups = resumed.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [0.05, 0.05] and resumed.scheduler.base_lrs == [0.05, 0.05]
+    assert all(g["betas"] == (0.8, 0.9) and g["eps"] == 1e-6 for g in groups)
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]  # 1-D parameters keep no decay
+    assert resumed.train_step()["lr"] == 0.05
+
+
+def _recorded_checkpoint(run_dir, cfg) -> Path:
+    from grpo.checkpoint import save_checkpoint
+    from grpo.config import to_dict
+
+    model = tiny_llama()
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _s: 1.0)
+    state = {"data": {"epoch": 0, "position": 2}, "config": json.loads(json.dumps(to_dict(cfg)))}
+    return save_checkpoint(run_dir, 3, model=model, optimizer=opt, scheduler=sched, state=state)
+
+
+def test_resume_prints_and_records_applied_changes_and_refuses_fixed_ones(tmp_path, capsys):
+    import recipe
+    import train
+
+    ckpt = _recorded_checkpoint(tmp_path, recipe.load("tiny.toml"))
+    changed = recipe.load("tiny.toml", ["optim.lr=0.05", "run.max_steps=9"])
+    changes = train.check_resume_config(ckpt, tmp_path, changed)
+    assert [(k, a, b) for k, a, b, _ in changes] == [("optim.lr", 1e-3, 0.05), ("run.max_steps", 6, 9)]
+    out = capsys.readouterr().out
+    assert "with changed settings (applied): optim.lr 0.001 → 0.05, run.max_steps 6 → 9" in out
+    log = [json.loads(x) for x in (tmp_path / "resumes.jsonl").read_text().splitlines()]
+    assert log[0]["changes"]["optim.lr"] == {"from": 0.001, "to": 0.05} and log[0]["checkpoint"] == str(ckpt)
+
+    for override, key in [("grpo.group_size=8", "grpo.group_size"), ("model.path='other'", "model.path")]:
+        with pytest.raises(ConfigError, match=rf"{key} .* cannot change when resuming"):
+            train.check_resume_config(ckpt, tmp_path, recipe.load("tiny.toml", [override]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 5, 6. Checkpoints are validated; --resume auto takes the newest valid one; completeness is one marker
+
+
+def _save(run_dir, step, keep_last=5):
+    from grpo.checkpoint import save_checkpoint
+
+    model = tiny_llama()
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _s: 1.0)
+    state = {"data": {"epoch": 0, "position": 0}}
+    return save_checkpoint(run_dir, step, model=model, optimizer=opt, scheduler=sched, state=state, keep_last=keep_last)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate_weights", r"model.safetensors: \d+ bytes, \d+ when written \(truncated"),
+        ("empty_optimizer", r"optimizer.pt: 0 bytes"),
+        ("bad_json", r"trainer_state.json: "),
+        ("wrong_step", r"trainer_state.json: step 2 disagrees with the folder checkpoint-6"),
+        ("no_marker", r"checkpoint.complete: missing: the checkpoint is incomplete"),
+    ],
+)
+def test_a_damaged_checkpoint_is_named_and_auto_resume_skips_it(tmp_path, damage, message, capsys):
+    from grpo.checkpoint import CheckpointError, find_checkpoint, validate_checkpoint
+
+    _save(tmp_path, 1)
+    bad = _save(tmp_path, 2)
+    if damage == "truncate_weights":
+        w = bad / "model.safetensors"
+        w.write_bytes(w.read_bytes()[:100])
+    elif damage == "empty_optimizer":
+        (bad / "optimizer.pt").write_bytes(b"")
+    elif damage == "bad_json":
+        (bad / "trainer_state.json").write_text("{not json", encoding="utf-8")
+    elif damage == "wrong_step":
+        bad = bad.rename(tmp_path / "checkpoint-6")
+    else:
+        (bad / "checkpoint.complete").unlink()
+    with pytest.raises(CheckpointError, match=message):
+        validate_checkpoint(bad)
+    with pytest.raises(CheckpointError, match=message):
+        find_checkpoint(str(bad), tmp_path)  # an explicit --resume DIR fails, naming the file
+    capsys.readouterr()
+    assert find_checkpoint("auto", tmp_path) == tmp_path / "checkpoint-1"
+    out = capsys.readouterr().out
+    assert f"skipping {bad.name}: " in out and "resuming from" in out and "checkpoint-1" in out
+    tr = _trainer(tmp_path)
+    with pytest.raises(CheckpointError, match=message):
+        tr.load(bad)
+
+
+def test_a_data_file_that_shrank_resumes_at_the_next_epoch(tmp_path, capsys):
+    tr = _trainer(tmp_path, run={"max_steps": 2, "save_every": 2})  # 6 prompts, 2 per step: position 4
+    tr.train()
+    cfg = training_config(tmp_path, run={"max_steps": 3})
+    shrunk = GRPOTrainer(
+        tiny_llama(seed=3), ScriptedGenerator(), TokenSetScorer(range(2, 12)), prompts(3), cfg, pad_id=PAD
+    )
+    shrunk.load(tmp_path / "checkpoint-2")
+    assert "data position 4 is past the 3 prompts" in capsys.readouterr().out
+    assert shrunk.sampler.state_dict() == {"epoch": 1, "position": 0}
+    shrunk.train_step()  # no IndexError
+
+
+def test_pruning_killed_half_way_leaves_nothing_that_counts_as_a_checkpoint(tmp_path, monkeypatch):
+    import shutil
+
+    from grpo.checkpoint import checkpoint_dirs, find_checkpoint
+
+    _save(tmp_path, 1, keep_last=2)
+    _save(tmp_path, 2, keep_last=2)
+    real_rmtree = shutil.rmtree
+
+    def killed(path, *args, **kwargs):
+        if Path(path).name == "checkpoint-1":  # the prune: scheduler.pt goes first, then the kill
+            (Path(path) / "scheduler.pt").unlink()
+            raise KeyboardInterrupt
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr("grpo.checkpoint.shutil.rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path, 3, keep_last=2)
+    monkeypatch.undo()
+    assert (tmp_path / "checkpoint-1" / "trainer_state.json").is_file()  # the state file survived the kill
+    assert checkpoint_dirs(tmp_path) == [tmp_path / "checkpoint-2", tmp_path / "checkpoint-3"]
+    assert find_checkpoint("auto", tmp_path) == tmp_path / "checkpoint-3"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 8, 9. One run per folder (a lock naming the PID); a writable folder checked first; clear write failures
+
+
+def test_a_second_run_in_the_same_folder_is_refused_with_the_pid(tmp_path):
+    import subprocess
+    import sys
+
+    from grpo.checkpoint import RunDirError, lock_run_dir
+
+    held = lock_run_dir(tmp_path / "run")
+    with pytest.raises(RunDirError, match=rf"in use by another run \(PID {os.getpid()}, lock .*\.lock\)"):
+        lock_run_dir(tmp_path / "run")
+    code = "import sys; from grpo.checkpoint import lock_run_dir; lock_run_dir(sys.argv[1])"
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True)
+    assert other.returncode != 0 and f"PID {os.getpid()}" in other.stderr
+
+    import train
+
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    train.prepare_run_dir(tmp_path / "run", None, overwrite=True)  # --overwrite keeps the lock it holds
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [".lock"]
+    with pytest.raises(RunDirError):
+        lock_run_dir(tmp_path / "run")
+    held.close()
+    lock_run_dir(tmp_path / "run").close()  # released with its file (and by the kernel when a process dies)
+
+
+def test_an_unwritable_run_folder_fails_in_the_preflight(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from grpo.checkpoint import RunDirError, check_writable
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirError, match=r"is not a folder: not writable"):
+        check_writable(tmp_path / "file" / "run")
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("grpo.checkpoint.tempfile.TemporaryFile", refused)
+    with pytest.raises(RunDirError, match=rf"not writable: {tmp_path}"):
+        check_writable(tmp_path / "new" / "run")
+    monkeypatch.undo()
+
+    import train
+
+    rc = train.main(["--config", "tiny.toml", "--set", f"run.output_dir={json.dumps(str(tmp_path / 'file' / 'r'))}"])
+    assert rc == 2 and "is not a folder: not writable" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_named_and_the_partial_checkpoint_removed(tmp_path, monkeypatch):
+    import collections
+    import errno
+
+    from grpo.checkpoint import RunDirError, checkpoint_dirs, validate_checkpoint
+
+    _save(tmp_path, 1)
+    real_save = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        if str(f).endswith("optimizer.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+        return real_save(obj, f, *args, **kwargs)
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr("grpo.checkpoint.torch.save", full)
+    monkeypatch.setattr("grpo.checkpoint.shutil.disk_usage", lambda _p: usage(1 << 30, 1 << 30, 0))
+    with pytest.raises(RunDirError, match=r"cannot write checkpoint .*\.tmp-checkpoint-2: no space left on device"):
+        _save(tmp_path, 2)
+    monkeypatch.undo()
+    assert not list(tmp_path.glob(".tmp-*")) and checkpoint_dirs(tmp_path) == [tmp_path / "checkpoint-1"]
+    validate_checkpoint(tmp_path / "checkpoint-1")
+
+    def enospc(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("grpo.checkpoint.torch.save", enospc)
+    with pytest.raises(RunDirError, match=r"no space left on device"):
+        _save(tmp_path, 3)
