@@ -562,3 +562,80 @@ def test_a_full_disk_is_named_and_the_partial_checkpoint_removed(tmp_path, monke
     monkeypatch.setattr("grpo.checkpoint.torch.save", enospc)
     with pytest.raises(RunDirError, match=r"no space left on device"):
         _save(tmp_path, 3)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 13, 14. reward.service bounds every request; both services warn when bound beyond localhost
+
+
+class _CountingTranscriber:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def transcribe(self, audios, language):
+        from reward.transcribe import Transcript
+
+        self.calls.append(len(audios))
+        return [Transcript(text="x", avg_logprob=0.0, no_speech_prob=0.0, silent=False, raw_text="x") for _ in audios]
+
+
+def test_transcription_service_bounds_clips_seconds_and_body_naming_the_key():
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from reward.client import encode_audio
+    from reward.config import TranscriberConfig
+    from reward.service import create_app
+
+    model = _CountingTranscriber()
+    limits = TranscriberConfig(max_clips=4, max_audio_s=3.0, max_request_mb=0.5)
+    client = TestClient(create_app(model, "stub", limits))
+    second = encode_audio(np.zeros(16000))
+    many = {"languages": ["en"] * 5, "audios": [""] * 5}
+    reply = client.post("/transcribe", json=many)
+    assert reply.status_code == 413 and "transcriber.max_clips=4 (reward.service --max-clips)" in reply.text
+    long = {"languages": ["en"] * 2, "audios": [second, encode_audio(np.zeros(40000))]}
+    reply = client.post("/transcribe", json=long)
+    assert reply.status_code == 413 and "4 s of audio exceed transcriber.max_audio_s=3.0" in reply.text
+    big = {"languages": ["en"], "audios": ["A" * (1 << 20)]}
+    reply = client.post("/transcribe", json=big)
+    assert reply.status_code == 413 and "exceeds transcriber.max_request_mb=0.5" in reply.text
+    assert model.calls == []  # none of them reached the model
+    ok = client.post("/transcribe", json={"languages": ["en"] * 2, "audios": [second, second]})
+    assert ok.status_code == 200 and model.calls == [2]
+
+
+def test_http_client_splits_its_batches_to_fit_the_service_bounds():
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from reward.client import HTTPTranscriber
+    from reward.config import TranscriberConfig
+    from reward.service import create_app
+
+    model = _CountingTranscriber()
+    limits = TranscriberConfig(backend="http", url="http://test", max_clips=3, max_audio_s=2.5)
+    client = HTTPTranscriber(limits, client=TestClient(create_app(model, "stub", limits)))
+    out = client.transcribe([np.zeros(16000)] * 7, "en")
+    assert len(out) == 7 and model.calls == [2, 2, 2, 1]  # 2.5 s per request: two 1-s clips each
+
+
+def test_services_warn_when_bound_beyond_localhost(monkeypatch, capsys):
+    import uvicorn
+
+    import grpo.serve
+    import reward.service
+    from tests.test_vllm_backends import FakeEngine
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    monkeypatch.setattr(grpo.serve, "HFEngine", lambda *a, **k: FakeEngine())
+    monkeypatch.setattr(reward.service, "WhisperTranscriber", lambda *a, **k: _CountingTranscriber())
+    grpo.serve.main(["--model", "m", "--engine", "hf", "--host", "127.0.0.1"])
+    reward.service.main(["--host", "127.0.0.1"])
+    assert "warning" not in capsys.readouterr().err
+    grpo.serve.main(["--model", "m", "--engine", "hf", "--host", "0.0.0.0"])
+    err = capsys.readouterr().err
+    assert "listening on 0.0.0.0: this service has no authentication" in err and "replace the served weights" in err
+    reward.service.main(["--host", "0.0.0.0"])
+    err = capsys.readouterr().err
+    assert "reward.service has no authentication" in err and "arbitrary audio" in err
