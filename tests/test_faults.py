@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -639,3 +640,76 @@ def test_services_warn_when_bound_beyond_localhost(monkeypatch, capsys):
     reward.service.main(["--host", "0.0.0.0"])
     err = capsys.readouterr().err
     assert "reward.service has no authentication" in err and "arbitrary audio" in err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 16, 17. Input files: manifest rows, non-finite audio, lone surrogates and too-long prompts, each file:line
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"text": "a", "audio": "a.wav", "finished": "no"}', "field 'finished' must be true or false, got 'no'"),
+        ('{"text": "a", "audio": "a.wav", "codes": [1, 70000]}', r"field 'codes'\[1\] = 70000: codes are integers"),
+        ('{"text": "a", "audio": "a.wav", "codes": [-1]}', r"codes'\[0\] = -1"),
+        ('{"text": "a", "audio": "a.wav", "codes": "1 2"}', "field 'codes' must be an array of integers"),
+        ('{"text": 5, "audio": "a.wav"}', "field 'text' must be a non-empty string, got 5"),
+        ('{"text": "a", "audio": "a.wav", "language": 1}', "field 'language' must be a string"),
+        ('{"text": "a", "audio": ', "invalid JSON"),
+        ('["a", "b"]', "expected an object"),
+    ],
+)
+def test_manifest_rows_are_validated_with_file_and_line(tmp_path, line, reason):
+    from reward.__main__ import main
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"text": "ok", "audio": "a.wav", "finished": true, "codes": [0, 65535]}\n\n' + line + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["score", "--manifest", str(manifest), "--language", "en"])
+    assert str(e.value).startswith(f"[reward] {manifest}:3: ")
+    assert re.search(reason, str(e.value)), str(e.value)
+
+
+def test_audio_with_nan_or_inf_samples_is_refused_naming_the_file(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from tts.audio import load_audio
+
+    wav = np.zeros(1600, dtype=np.float32)
+    wav[[3, 9]] = [np.nan, np.inf]
+    sf.write(tmp_path / "bad.wav", wav, 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match=rf"audio file {tmp_path / 'bad.wav'}: 2 of 1600 samples are NaN or inf"):
+        load_audio(tmp_path / "bad.wav")
+    sf.write(tmp_path / "good.wav", np.zeros(1600, dtype=np.float32), 16000, subtype="FLOAT")
+    assert load_audio(tmp_path / "good.wav").shape == (1600,)
+
+
+def test_a_lone_surrogate_in_a_data_row_is_named_with_its_line(tmp_path):
+    from tts.data import DataError, load_examples
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "bad \\ud800 text"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"d.jsonl:2: field 'text' holds a lone surrogate '\\ud800' at character 4"):
+        load_examples(path)
+
+
+def test_a_prompt_too_long_for_the_model_is_refused_at_data_load(tmp_path):
+    from transformers import AutoTokenizer
+
+    import recipe
+    from tts.data import load_examples
+    from tts.llasa import SpeechVocab
+    from tts.tiny import tiny_assets
+
+    rows = [{"text": "Kurz.", "language": "de"}, {"text": "Lang " * 2000, "language": "de"}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    cfg = recipe.load("tiny.toml", [f"data.path={json.dumps(str(tmp_path / 'd.jsonl'))}", "data.allowed_chars='*'"])
+    model_dir = tiny_assets()[0]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    vocab = SpeechVocab.from_tokenizer(tokenizer)
+    limit = recipe.model_max_positions(str(model_dir))
+    assert limit == 4096
+    with pytest.raises(ConfigError, match=r"line 2: prompt too long for the model: \d+ prompt tokens \+ generation"):
+        recipe.build_prompts(cfg, load_examples(cfg.data.path), tokenizer, vocab, max_positions=limit)
+    assert len(recipe.build_prompts(cfg, load_examples(cfg.data.path)[:1], tokenizer, vocab, max_positions=limit)) == 1
