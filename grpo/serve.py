@@ -92,7 +92,7 @@ def create_app(
                 422,
                 f"prompts × n × max_new_tokens = {len(req.prompt_ids)} × {req.n} × {s.max_new_tokens} = {tokens} "
                 f"exceeds the server's limit {max_request_tokens} (grpo.serve --max-request-tokens): "
-                "send fewer completions per request (generation.batch_size)",
+                "send fewer completions per request (grpo.batch_size) or raise the limit",
             )
         sampling = Sampling(**{**s.model_dump(), "stop_ids": tuple(s.stop_ids)})
         with lock:

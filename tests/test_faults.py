@@ -221,11 +221,11 @@ def hf_served(tiny_model_dir, tmp_path):
     return engine, TestClient(create_app(engine, weights_dir=weights_dir)), weights_dir
 
 
-def test_hf_engine_keeps_only_the_chosen_tokens_logprobs_and_they_are_the_processed_ones(hf_served, monkeypatch):
-    from grpo.engine import Sampling
+def test_hf_engine_keeps_only_the_chosen_tokens_logprobs_and_they_are_the_processed_ones(tiny_model_dir, monkeypatch):
+    from grpo.engine import HFEngine, Sampling
     from grpo.generation import hf_sampling_config, left_pad
 
-    engine, _, _ = hf_served
+    engine = HFEngine(str(tiny_model_dir))
     sampling = Sampling(max_new_tokens=6, temperature=0.7, top_p=0.8, top_k=5, repetition_penalty=1.3, seed=3)
     sampling = dataclasses.replace(sampling, stop_ids=(STOP,))
     real_generate = engine.model.generate
