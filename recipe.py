@@ -205,11 +205,33 @@ def example_language(cfg: Config, ex: Any) -> str:
             f"data.path={cfg.data.path!r} line {ex.line}: no 'language' in the row and transcriber.language "
             "is not set: give every row a language or set transcriber.language"
         )
+    known = whisper_languages()
+    if known and language not in known:
+        where = f"line {ex.line}: language" if ex.language else "transcriber.language ="
+        raise ConfigError(
+            f"data.path={cfg.data.path!r} {where} {language!r}: not a language the Whisper transcriber knows "
+            f"(e.g. {', '.join(sorted(known)[:8])}, ...)"
+        )
     return language
 
 
-def build_prompts(cfg: Config, examples: Sequence[Any], tokenizer: Any, vocab: Any) -> list[Prompt]:
+def whisper_languages() -> frozenset[str]:
+    """The language codes every transcriber backend (Whisper, in process or as reward.service) accepts; empty
+    when faster-whisper is not installed here (a remote service then checks)."""
+    try:
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+    except ImportError:
+        return frozenset()
+    return frozenset(_LANGUAGE_CODES)
+
+
+def build_prompts(
+    cfg: Config, examples: Sequence[Any], tokenizer: Any, vocab: Any, max_positions: int | None = None
+) -> list[Prompt]:
     """Token ids per data row (reference codes appended when cloning) and the row as meta for the scorer.
+
+    With ``max_positions`` (the model's ``max_position_embeddings``), a row whose prompt and
+    ``generation.max_new_tokens`` do not fit is refused, naming its line, length and the limit.
 
     ``text`` and ``ref_text`` go through the same [data] normaliser (its character set comes from both), and
     meta carries what the prompt was built from: the normalised texts, the resolved ``language`` and, when
@@ -232,6 +254,12 @@ def build_prompts(cfg: Config, examples: Sequence[Any], tokenizer: Any, vocab: A
             ids = build_prompt_ids(tokenizer, fmt, text, ref_text=ref_text, ref_codes=codes, vocab=vocab)
         except ValueError as e:
             raise ConfigError(f"data.path={cfg.data.path!r} line {ex.line}: {e}") from None
+        if max_positions is not None and len(ids) + cfg.generation.max_new_tokens > max_positions:
+            raise ConfigError(
+                f"data.path={cfg.data.path!r} line {ex.line}: prompt too long for the model: {len(ids)} prompt "
+                f"tokens + generation.max_new_tokens={cfg.generation.max_new_tokens} > max_position_embeddings="
+                f"{max_positions} (text of {len(ex.text)} characters): shorten or split the text"
+            )
         meta = {**ex.meta(), "text": text, "ref_text": ref_text, "language": language, "ref_codes": codes}
         prompts.append(Prompt(ids=tuple(ids), meta=meta))
     return prompts
@@ -313,6 +341,16 @@ def build_generator(
     return EngineGenerator(VLLMEngine(settings), sampling, pad_id=pad_id)
 
 
+def model_max_positions(path: str) -> int | None:
+    """The model's ``max_position_embeddings`` from its config.json (None where it names none)."""
+    from transformers import AutoConfig
+
+    try:
+        return getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+    except (OSError, ValueError):
+        return None
+
+
 def build_components(cfg: Config, device: torch.device, *, model_path: str | None = None) -> Components:
     """Everything a run needs. ``model_path`` overrides ``model.path`` (evaluate.py: a checkpoint)."""
     from tts.data import load_examples
@@ -325,7 +363,7 @@ def build_components(cfg: Config, device: torch.device, *, model_path: str | Non
     tokenizer = load_tokenizer(path, cfg)
     vocab = SpeechVocab.from_tokenizer(tokenizer, cfg.model.stop_token)
     pad_id = vocab.pad_id if vocab.pad_id is not None else vocab.stop_id  # any real id: masks remove padding
-    prompts = build_prompts(cfg, examples, tokenizer, vocab)
+    prompts = build_prompts(cfg, examples, tokenizer, vocab, max_positions=model_max_positions(path))
     model = load_model(path, cfg, device)
     # The KL anchor is the initial policy (also when resuming), loaded once more and frozen; none if β = 0.
     ref = load_model(path, cfg, device).eval().requires_grad_(False) if cfg.grpo.beta > 0 else None

@@ -11,19 +11,34 @@ Parse the config, check that models and data are reachable, build the components
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import shlex
 import shutil
 import sys
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from grpo import distributed as dist
-from grpo.checkpoint import checkpoint_dirs, find_checkpoint
-from grpo.config import ConfigError, dump_toml
+from grpo.checkpoint import (
+    LOCK_FILE,
+    CheckpointError,
+    RunDirError,
+    check_writable,
+    checkpoint_dirs,
+    config_changes,
+    find_checkpoint,
+    lock_run_dir,
+    validate_checkpoint,
+)
+from grpo.config import ConfigError, FieldError, dump_toml, to_dict
 from grpo.metrics import METRICS_FILE, read_metrics, summarize
 from grpo.trainer import GRPOTrainer, TrainResult
 
 RESOLVED_CONFIG = "config.resolved.toml"
+RESUME_LOG = "resumes.jsonl"  # one line per resume: the checkpoint and every setting that changed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,10 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def prepare_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> Path | None:
     """The checkpoint to resume from (or None), refusing to mix a new run into an old run folder."""
+    say = print if dist.rank() == 0 else (lambda _m: None)
     if resume is not None:
-        ckpt = find_checkpoint(resume, run_dir)
+        ckpt = find_checkpoint(resume, run_dir, say=say)
         if ckpt is None:
-            print(f"[train] --resume auto: no checkpoint in {run_dir}, starting from the beginning")
+            say(f"[train] --resume auto: no valid checkpoint in {run_dir}, starting from the beginning")
         return ckpt
     old = checkpoint_dirs(run_dir) or (run_dir / METRICS_FILE).is_file()
     if old and not overwrite:
@@ -51,8 +67,43 @@ def prepare_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> Path 
             f"start over with --overwrite, or choose another --set run.output_dir=..."
         )
     if old and dist.rank() == 0:
-        shutil.rmtree(run_dir)
+        for entry in run_dir.iterdir():  # all but the lock this process holds
+            if entry.name != LOCK_FILE:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     return None
+
+
+def check_resume_config(checkpoint: Path, run_dir: Path, cfg: Any) -> list[tuple[str, Any, Any, str | None]]:
+    """Compare the config ``checkpoint`` was trained with (recorded in it, else the run folder's resolved config)
+    with this one: refuse a change of a ``RESUME_FIXED`` setting, print the others (they apply), record all."""
+    recorded = validate_checkpoint(checkpoint).get("config")
+    if recorded is None and (run_dir / RESOLVED_CONFIG).is_file():
+        recorded = tomllib.loads((run_dir / RESOLVED_CONFIG).read_text(encoding="utf-8"))
+    if recorded is None:
+        print(f"[train] {checkpoint} records no config: cannot say which settings changed", flush=True)
+        return []
+    changes = config_changes(recorded, to_dict(cfg))
+    refused = [c for c in changes if c[3]]
+    if refused:
+        raise ConfigError(
+            f"--resume {checkpoint}: "
+            + "; ".join(f"{k} {a!r} → {b!r} cannot change when resuming ({why})" for k, a, b, why in refused)
+            + ": keep the checkpoint's value, or start a new run (--overwrite or another run.output_dir)"
+        )
+    if dist.rank() == 0:
+        if changes:
+            listed = ", ".join(f"{k} {a!r} → {b!r}" for k, a, b, _ in changes)
+            print(f"[train] resuming {checkpoint} with changed settings (applied): {listed}", flush=True)
+        else:
+            print(f"[train] resuming {checkpoint} with its own settings", flush=True)
+        entry = {
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "checkpoint": str(checkpoint),
+            "changes": {k: {"from": a, "to": b} for k, a, b, _ in changes},
+        }
+        with open(run_dir / RESUME_LOG, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+    return changes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,14 +114,24 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = recipe.load(args.config, args.set)
+        try:
+            cfg.training  # noqa: B018 (its checks: the sampling that training can account for)
+        except FieldError as e:
+            raise ConfigError(f"{args.config}: {e}") from None
         recipe.check_resources(cfg, source=args.config)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     info = dist.init_distributed(cfg.run.device)
+    lock = None  # held until this function returns (the kernel releases it however the process ends)
     try:
         run_dir = Path(cfg.run.output_dir)
+        if info.is_main:
+            check_writable(run_dir)
+            lock = lock_run_dir(run_dir)
         resume = prepare_run_dir(run_dir, args.resume, args.overwrite)
+        if resume is not None:
+            check_resume_config(resume, run_dir, cfg)
         dist.barrier()
         from transformers.utils import logging as hf_logging
 
@@ -91,12 +152,21 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer=parts.tokenizer,
             dist_info=info,
         )
-        result = trainer.train(resume=resume)
-    except (ConfigError, FileNotFoundError, DataError) as e:  # bad input, already phrased for the user
+        trainer.checkpoint_extra = {"config": to_dict(cfg)}  # what a resume compares against
+        try:
+            result = trainer.train(resume=resume)
+        except Exception:
+            if info.is_main and checkpoint_dirs(run_dir):  # a failed step still leaves its predecessors resumable
+                saved = f"saved {trainer.failure_checkpoint}; " if trainer.failure_checkpoint else ""
+                print(f"[train] {saved}resume with: {resume_command(args, 'auto')}", file=sys.stderr, flush=True)
+            raise
+    except (ConfigError, FileNotFoundError, DataError, CheckpointError, RunDirError) as e:  # phrased for the user
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
         dist.cleanup()
+        if lock is not None:
+            lock.close()
     if info.is_main:
         print(report(result, args, time.perf_counter() - started))
     return 0
@@ -114,9 +184,13 @@ def report(result: TrainResult, args: argparse.Namespace, seconds: float) -> str
         f"  checkpoint   {result.checkpoint or 'none written'}",
     ]
     if result.interrupted:
-        cmd = ["python", "train.py", "--config", args.config, *(a for s in args.set for a in ("--set", s))]
-        lines.append(f"  resume with: {shlex.join([*cmd, '--resume', str(result.checkpoint)])}")
+        lines.append(f"  resume with: {resume_command(args, str(result.checkpoint))}")
     return "\n".join(lines)
+
+
+def resume_command(args: argparse.Namespace, checkpoint: str) -> str:
+    cmd = ["python", "train.py", "--config", args.config, *(a for s in args.set for a in ("--set", s))]
+    return shlex.join([*cmd, "--resume", checkpoint])
 
 
 if __name__ == "__main__":

@@ -461,3 +461,32 @@ class TrainingConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        check_training_sampling(self.generation)
+
+
+# Sampling settings that change the distribution beyond temperature, and their "off" values.
+_PROCESSED_SAMPLING = (("top_p", 1.0), ("top_k", 0), ("repetition_penalty", 1.0))
+
+
+def check_training_sampling(gen: GenerationConfig) -> None:
+    """Refuse, for training, sampling that GRPO cannot account for.
+
+    The hf backend samples with ``model.generate`` and returns no sampler log-probs, so π_old is the
+    temperature-only policy; top-p, top-k or a repetition penalty would make the sampler another distribution
+    (0.69 nats/token apart at top_p = 0.5), uncorrected. The vLLM backends (and ``grpo.serve --engine hf``)
+    return the processed log-probs, and the importance weights correct for the difference.
+    """
+    if gen.backend != "hf":
+        return
+    for key, off in _PROCESSED_SAMPLING:
+        value = getattr(gen, key)
+        if value != off:
+            raise FieldError(
+                f"generation.{key}",
+                value,
+                f"generation.backend = 'hf' trains on the temperature-only policy and returns no sampler "
+                f"log-probs to correct a processed distribution: set generation.{key} = {off!r}, or use a "
+                "vllm backend (whose processed log-probs the importance weights correct)",
+            )

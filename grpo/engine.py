@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from torch.distributed.tensor import DTensor
+from transformers.generation.logits_process import LogitsProcessorList
 
 from grpo.config import GenerationConfig
 from grpo.generation import completion_mask, hf_sampling_config, left_pad
@@ -106,6 +107,51 @@ def samples_to_rollouts(
     )
 
 
+def sampling_processors(sampling: Sampling) -> list[Any]:
+    """transformers' processors for ``sampling`` in generate's own order (penalty, temperature, top-k, top-p)."""
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    out: list[Any] = []
+    if sampling.repetition_penalty != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(penalty=sampling.repetition_penalty))
+    if sampling.temperature != 1.0:
+        out.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.top_k > 0:
+        out.append(TopKLogitsWarper(top_k=sampling.top_k, min_tokens_to_keep=1))
+    if sampling.top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p=sampling.top_p, min_tokens_to_keep=1))
+    return out
+
+
+class _ChosenLogprobs:
+    """The last logits processor: keeps the processed log-softmax of one step only, and at the next step (whose
+    ``input_ids`` end with the token just chosen) gathers that token's log-prob: memory [N] per step."""
+
+    def __init__(self) -> None:
+        self.prev: Tensor | None = None  # [N, V] log-probs of the step before
+        self.chosen: list[Tensor] = []  # [N] per step
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.prev is not None:
+            self.chosen.append(self.prev.gather(-1, input_ids[:, -1:])[:, 0])
+        self.prev = scores.float().log_softmax(-1)
+        return scores
+
+    def finish(self, new: Tensor) -> Tensor:
+        """Log-probs [N, T] of the generated tokens ``new`` [N, T]."""
+        if self.prev is not None and new.shape[1] > len(self.chosen):
+            self.chosen.append(self.prev.gather(-1, new[:, len(self.chosen)][:, None])[:, 0])
+        self.prev = None
+        if not self.chosen:
+            return torch.zeros(new.shape, dtype=torch.float32)
+        return torch.stack(self.chosen[: new.shape[1]], dim=1)
+
+
 class HFEngine:
     """``Engine`` over a transformers causal LM: ``generate`` with the processed scores (after temperature,
     top-k/top-p and repetition penalty), so its log-probs are those of the sampling distribution, as vLLM's
@@ -128,22 +174,29 @@ class HFEngine:
         ids, mask = left_pad([list(p) for p in prompt_ids for _ in range(n)], pad)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
-        out = self.model.generate(
+        # transformers would keep every step's [N, V] scores (output_scores: 23 GB for n = 2000 × 50 tokens of a
+        # 65k vocabulary). Instead the same processors run as an explicit list whose last member keeps only
+        # each chosen token's log-prob, [N] per step.
+        recorder = _ChosenLogprobs()
+        plain = replace(sampling, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0)
+        new = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
-            generation_config=hf_sampling_config(sampling, sampling.stop_ids, pad),
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
-        new = out.sequences[:, ids.shape[1] :].cpu()  # [N, T]
-        scores = torch.stack(out.scores, dim=1).float().cpu()  # [N, T, V] processed logits
-        logps = scores.log_softmax(-1).gather(-1, new[..., None])[..., 0]  # [N, T]
+            generation_config=hf_sampling_config(plain, sampling.stop_ids, pad),
+            logits_processor=LogitsProcessorList([*sampling_processors(sampling), recorder]),
+        )[:, ids.shape[1] :]
+        logps = recorder.finish(new).cpu()  # [N, T]
+        new = new.cpu()
         keep, finished = completion_mask(new, sampling.stop_ids)  # up to and including the first stop
         samples = [
             Sample(tuple(row[:k]), tuple(lp[:k]), f)
             for row, lp, k, f in zip(new.tolist(), logps.tolist(), keep.sum(1).tolist(), finished.tolist(), strict=True)
         ]
         return [samples[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
+
+    def weight_specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Name → (shape, dtype) of every weight the model takes, for checking a file before loading it."""
+        return {k: (tuple(v.shape), v.dtype) for k, v in self.model.state_dict().items()}
 
     def load_weights(self, weights: Iterable[tuple[str, Tensor]]) -> None:
         state = dict(weights)

@@ -13,11 +13,16 @@ Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL 
     truncate:  w ← min(w, C)           (bias traded for bounded variance)
     mask:      w ← w · 1[w ≤ C]        (tokens beyond the cap drop out of the loss)
 
+The cap is compared in log space and the log-weights are clamped to ±``MAX_LOG_RATIO`` before ``exp``, so a
+token (or a sequence, whose log-weight is a sum over its tokens) with a huge mismatch gives a finite weight,
+never inf; the mask is applied with ``where``, never as inf · 0 = NaN.
+
 The weights are constants (no gradient): the loss becomes Σ w_{i,t} · l_{i,t}, see ``grpo_loss(token_weights=)``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -25,6 +30,8 @@ from torch import Tensor
 
 Level = Literal["token", "sequence"]
 Mode = Literal["truncate", "mask"]
+
+MAX_LOG_RATIO = 20.0  # |log w| bound before exp (e^20 ≈ 4.9e8 is finite in float32), as verl clamps
 
 
 def importance_weights(
@@ -49,10 +56,10 @@ def importance_weights(
     m = mask.to(torch.float32)
     delta = (old_logps.detach().float() - sampler_logps.float()) * m  # log w per token, 0 on padding
     log_w = delta if level == "token" else delta.sum(dim=1, keepdim=True).expand_as(delta)
-    ratio = log_w.exp()
-    capped = ratio > cap
-    weights = ratio.clamp(max=cap) if mode == "truncate" else ratio * (~capped)
-    weights = weights * m
+    capped = log_w > math.log(cap)
+    ratio = log_w.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()  # finite for any finite (or ±inf) log w
+    kept = ratio.clamp(max=cap) if mode == "truncate" else torch.where(capped, torch.zeros_like(ratio), ratio)
+    weights = torch.where(m.bool(), kept, torch.zeros_like(kept))
 
     on = m.bool()
     abs_delta = delta.abs()[on]

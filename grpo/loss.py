@@ -29,6 +29,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+MAX_LOG_RATIO = 20.0  # |log ρ| bound before exp
+
 Aggregation = Literal["token", "sequence", "constant"]
 _AGGREGATIONS = ("token", "sequence", "constant")
 
@@ -120,12 +122,14 @@ def grpo_loss(
     mask = mask.to(logps.dtype)
     adv = advantages.to(logps.dtype)[:, None]  # Â_i, shared by every token of o_i
 
-    ratio = torch.exp(logps - old_logps.detach())  # ρ_{i,t}
+    # ρ_{i,t}, its log clamped as verl does: a token whose log-ratio passes ±20 gives a finite ratio (and no
+    # gradient through the clamp) instead of inf, which would make the loss and every parameter NaN.
+    ratio = torch.exp((logps - old_logps.detach()).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
     clipped = ratio.clamp(1 - eps_low, 1 + eps_high)  # clip(ρ, 1−ε_low, 1+ε_high)
     per_token = -torch.minimum(ratio * adv, clipped * adv)  # −min(ρÂ, clip(ρ)Â)
     if beta > 0:
         log_ref_ratio = ref_logps.detach() - logps  # log(π_ref / π_θ)
-        kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1  # k3
+        kl = torch.exp(log_ref_ratio.clamp(max=MAX_LOG_RATIO)) - log_ref_ratio - 1  # k3, finite
         per_token = per_token + beta * kl  # + β D_KL
     if token_weights is not None:
         per_token = per_token * token_weights.detach()  # w_{i,t} l_{i,t}

@@ -30,13 +30,17 @@ from torch import Tensor, nn
 
 from grpo import distributed as dist
 from grpo.advantages import group_advantages, zero_spread_fraction
-from grpo.checkpoint import load_checkpoint, remove_checkpoints_after, save_checkpoint
+from grpo.checkpoint import load_checkpoint, remove_checkpoints_after, rng_state, save_checkpoint
 from grpo.config import TrainingConfig
 from grpo.importance import importance_weights
 from grpo.logprobs import token_logprobs
 from grpo.loss import grpo_loss, loss_normalizer
 from grpo.metrics import MetricsLogger, Progress
 from grpo.rollouts import Generator, Rollouts, SampleWriter, Scorer, Scores
+
+
+class NonFiniteError(FloatingPointError):
+    """A step's loss or gradient norm is NaN/inf: the update is refused (the weights stay finite)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,11 @@ class TrainResult:
     step: int  # steps completed in total
     interrupted: bool  # stopped by SIGINT/SIGTERM before max_steps
     checkpoint: Path | None  # the run's latest checkpoint: the last one written, else the one resumed from
+
+
+def _local(t: Tensor) -> Tensor:
+    """This rank's part of a parameter (an FSDP shard) or the parameter itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def seed_everything(seed: int) -> None:
@@ -273,6 +282,12 @@ class GRPOTrainer:
         self._pending: Future[Rollouts] | None = None
         self.last_rollouts: Rollouts | None = None  # this rank's latest step, for samples and tests
         self.last_scores: Scores | None = None
+        # Extra JSON-able entries of every checkpoint's trainer state (train.py records the resolved config).
+        self.checkpoint_extra: dict[str, Any] = {}
+        self.failure_checkpoint: Path | None = None  # written when a step raised (see train())
+        self._saved_step: int | None = None
+        self._updated_this_step = False
+        self._step_start: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------------------------------------
     # One step
@@ -280,6 +295,9 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, float]:
         """One GRPO step on the next prompts; returns its metrics (identical on every rank)."""
         g, gen = self.cfg.grpo, self.cfg.generation
+        # The last completed step's resume point, for a checkpoint should this step fail (train()).
+        self._updated_this_step = False
+        self._step_start = {"data": dict(self.data_state), "rng": rng_state()}
         timer = _Timer(self.device)
         t_step = time.perf_counter()
         self.policy.train()
@@ -454,7 +472,18 @@ class GRPOTrainer:
         dist.all_reduce_gradients(params)  # replicated gradients; FSDP's shards were reduced in backward
         clip = o.max_grad_norm if o.max_grad_norm > 0 else float("inf")
         grad_norm = dist.clip_grad_norm(params, clip)
+        # Refuse the update, before it touches the weights, when the loss or the gradient is not finite: a NaN
+        # step would silently turn every parameter into NaN (and be checkpointed). Every rank decides alike.
+        bad = [f"loss={sums['loss']}"] if not math.isfinite(sums["loss"]) else []
+        bad += [] if math.isfinite(grad_norm) else [f"grad_norm={grad_norm}"]
+        if dist.any_rank(bool(bad)):
+            raise NonFiniteError(
+                f"[grpo] step {self.step + 1}: non-finite {', '.join(bad) or 'loss on another rank'}; the update "
+                "was refused and the weights are those of the last finite step. Check the rewards, "
+                "generation.temperature, optim.lr and grpo.importance_* settings"
+            )
         lr = self.optimizer.param_groups[0]["lr"]
+        self._updated_this_step = True  # from here on the step's state is no longer the last completed one
         self.optimizer.step()
         self.scheduler.step()
         # Every rank holds the same summed gradients; the loss and statistics are this rank's share.
@@ -503,8 +532,15 @@ class GRPOTrainer:
     # ----------------------------------------------------------------------------------------------------------
     # The run
 
-    def save(self) -> Path:
-        return save_checkpoint(
+    def save(self, *, data_state: Mapping[str, int] | None = None, rng: dict[str, Any] | None = None) -> Path:
+        """Checkpoint the last completed step (refused, naming the parameter, if a weight is not finite)."""
+        bad = next((n for n, p in self.policy.named_parameters() if not bool(_local(p).isfinite().all())), None)
+        if dist.any_rank(bad is not None):
+            raise NonFiniteError(
+                f"[grpo] step {self.step}: parameter {bad or '(on another rank)'} is not finite: "
+                f"refusing to write a checkpoint of NaN/inf weights into {self.run_dir}"
+            )
+        path = save_checkpoint(
             self.run_dir,
             self.step,
             model=self.policy,
@@ -512,15 +548,40 @@ class GRPOTrainer:
             scheduler=self.scheduler,
             tokenizer=self.tokenizer,
             keep_last=self.cfg.run.keep_last,
-            state={"data": self.data_state},
+            state={"data": dict(data_state or self.data_state), **self.checkpoint_extra},
+            rng=rng,
         )
+        self._saved_step = self.step
+        return path
 
     def load(self, checkpoint: str | Path) -> None:
         state = load_checkpoint(checkpoint, model=self.policy, optimizer=self.optimizer, scheduler=self.scheduler)
         self.step = int(state["step"])
-        self.sampler.load_state_dict(state["data"])
+        data = {"epoch": int(state["data"]["epoch"]), "position": int(state["data"]["position"])}
+        if data["position"] > self.sampler.n:  # the data file shrank since: the epoch in progress cannot go on
+            if self.dist.is_main:
+                print(
+                    f"[grpo] {checkpoint}: data position {data['position']} is past the {self.sampler.n} prompts of "
+                    f"the data now (the file shrank?): continuing with epoch {data['epoch'] + 1} from its start",
+                    flush=True,
+                )
+            data = {"epoch": data["epoch"] + 1, "position": 0}
+        self.sampler.load_state_dict(data)
+        self._apply_optim_config()
         self.data_state = self.sampler.state_dict()
         self.generator.sync_weights(self.policy)
+
+    def _apply_optim_config(self) -> None:
+        """After loading a checkpoint: the optimizer's hyperparameters are the config's, not the checkpoint's (a
+        resumed run's ``--set optim.lr=...`` takes effect); the lr is base × the schedule at the updates done."""
+        o = self.cfg.optim
+        self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
+        for group, lam in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = o.lr
+            group["lr"] = o.lr * lam(self.scheduler.last_epoch)
+            group["betas"], group["eps"] = o.betas, o.adam_eps
+            group["weight_decay"] = o.weight_decay if all(p.dim() >= 2 for p in group["params"]) else 0.0
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def train(self, resume: str | Path | None = None) -> TrainResult:
         """Run until ``run.max_steps``, or until SIGINT/SIGTERM (then checkpoint and return ``interrupted``)."""
@@ -538,6 +599,7 @@ class GRPOTrainer:
         bar = Progress(r.max_steps, self.step, enabled=main)
         say = bar.write if main else (lambda _m: None)
         checkpoint = Path(resume) if resume is not None else None
+        self._saved_step = self.step if resume is not None else None
         if resume is not None and main:
             # Checkpoints after the resumed step belong to the abandoned continuation: pruning and
             # `--resume auto` must not pick them over the steps this run is about to write.
@@ -547,7 +609,11 @@ class GRPOTrainer:
         try:
             with _StopOnSignal(say) as stop:
                 while self.step < r.max_steps:
-                    metrics = self.train_step()
+                    try:
+                        metrics = self.train_step()
+                    except Exception as e:
+                        self._save_after_failure(e, say)
+                        raise
                     self.step += 1
                     if self.step % r.log_every == 0 or self.step == r.max_steps:
                         logger.log(self.step, metrics)
@@ -570,6 +636,25 @@ class GRPOTrainer:
             bar.close()
             logger.close()
         return TrainResult(self.run_dir, start, self.step, interrupted and self.step < r.max_steps, checkpoint)
+
+    def _save_after_failure(self, error: Exception, say: Callable[[str], None]) -> None:
+        """A step raised (a service gone, a bad row, a non-finite loss): checkpoint the last *completed* step, with
+        the data position and RNG of that moment, so no finished step is lost. Only when the failed step had not
+        updated the weights yet (else no consistent state is left in memory) and in a single process (a save is
+        collective; the other ranks are not here)."""
+        failed = self.step + 1
+        if self._updated_this_step:
+            say(f"[grpo] step {failed} failed after an optimizer update: no consistent state to checkpoint")
+        elif self.dist.world_size > 1:
+            say(f"[grpo] step {failed} failed on rank {self.dist.rank}: not checkpointing (a save needs every rank)")
+        elif self.step > 0 and self._saved_step != self.step:
+            try:
+                self.failure_checkpoint = self.save(data_state=self._step_start["data"], rng=self._step_start["rng"])
+            except Exception as save_error:  # the step's own error is the one to report
+                say(f"[grpo] step {failed} failed, and so did saving step {self.step}: {save_error}")
+                return
+            name = type(error).__name__
+            say(f"[grpo] step {failed} failed ({name}): saved step {self.step} to {self.failure_checkpoint}")
 
     def _write_samples(self) -> None:
         """Audio/text of this rank's latest step, when the scorer can write them (a ``SampleWriter``)."""

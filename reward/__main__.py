@@ -31,14 +31,49 @@ def load_configs(path: Path | None) -> tuple[RewardConfig, TranscriberConfig]:
         raise SystemExit(f"[reward] --config {path}: {e}") from None
 
 
+MAX_CODE = 65535  # X-Codec2 codes lie in 0..65535
+
+
+def manifest_row(row: Any) -> dict[str, Any]:
+    """A manifest line's object checked field by field (ValueError with the reason), as training data rows are:
+    ``finished`` must be true/false (``bool("no")`` would be True), ``codes`` integers in 0..65535."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected an object with 'text' and 'audio', got {type(row).__name__}")
+    for key in ("text", "audio"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise ValueError(f"field {key!r} must be a non-empty string, got {row.get(key)!r}")
+    for key in ("language", "ref_audio"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise ValueError(f"field {key!r} must be a string, got {type(row[key]).__name__}")
+    if "finished" in row and not isinstance(row["finished"], bool):
+        raise ValueError(f"field 'finished' must be true or false, got {row['finished']!r}")
+    codes = row.get("codes")
+    if codes is not None:
+        if not isinstance(codes, list):
+            raise ValueError(f"field 'codes' must be an array of integers, got {type(codes).__name__}")
+        for i, c in enumerate(codes):
+            if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_CODE:
+                raise ValueError(f"field 'codes'[{i}] = {c!r}: codes are integers in 0..{MAX_CODE}")
+    return dict(row)
+
+
 def read_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.manifest:
         rows = []
-        for n, line in enumerate(Path(args.manifest).read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            lines = Path(args.manifest).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(f"[reward] --manifest {args.manifest}: cannot read it ({e})") from None
+        for n, line in enumerate(lines, 1):
             if line.strip():
-                row = json.loads(line)
-                if "audio" not in row or "text" not in row:
-                    raise SystemExit(f"[reward] {args.manifest}:{n}: each line needs 'text' and 'audio'")
+                try:
+                    row = manifest_row(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise SystemExit(
+                        f"[reward] {args.manifest}:{n}: invalid JSON ({e.msg} at column {e.colno})"
+                    ) from None
+                except ValueError as e:
+                    raise SystemExit(f"[reward] {args.manifest}:{n}: {e}") from None
                 row["language"] = row.get("language") or args.language
                 base = Path(args.manifest).parent
                 row["audio"] = str(base / row["audio"]) if not Path(row["audio"]).is_absolute() else row["audio"]

@@ -78,9 +78,26 @@ class HTTPTranscriber:
 
     def transcribe(self, audios: Sequence[np.ndarray], language: str | Sequence[str]) -> list[Transcript]:
         languages = per_clip_languages(language, len(audios))
-        payload = {"languages": languages, "audios": [encode_audio(a) for a in audios]}
-        body = self._request("POST", "/transcribe", payload, clips=len(audios))
-        transcripts = [Transcript(**t) for t in body["transcripts"]]
+        transcripts: list[Transcript] = []
+        for part in self._parts(audios):  # requests within the service's bounds (transcriber.max_*)
+            payload = {"languages": [languages[i] for i in part], "audios": [encode_audio(audios[i]) for i in part]}
+            body = self._request("POST", "/transcribe", payload, clips=len(part))
+            transcripts += [Transcript(**t) for t in body["transcripts"]]
         if len(transcripts) != len(audios):
             raise TranscriberUnavailable(f"[transcriber] url={self.url}: {len(transcripts)} for {len(audios)} clips")
         return transcripts
+
+    def _parts(self, audios: Sequence[np.ndarray]) -> list[list[int]]:
+        """Clip indices in order, split so that no request exceeds max_clips, max_audio_s or max_request_mb."""
+        c = self.config
+        max_samples = min(c.max_audio_s * 16000, c.max_request_mb * 2**20 * 3 / 4 / 4 * 0.95)  # JSON overhead
+        parts: list[list[int]] = [[]]
+        samples = 0
+        for i, a in enumerate(audios):
+            n = int(np.asarray(a).size)
+            if parts[-1] and (len(parts[-1]) >= c.max_clips or samples + n > max_samples):
+                parts.append([])
+                samples = 0
+            parts[-1].append(i)
+            samples += n
+        return [p for p in parts if p] or [[]]

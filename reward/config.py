@@ -155,6 +155,11 @@ class TranscriberConfig:
     url: str = "http://127.0.0.1:8765"
     timeout_s: float = 60.0
     retries: int = 2
+    # Bounds of one reward.service /transcribe request (413 above them; the http client splits its batches to
+    # fit): clips, seconds of audio, and body size (1800 s of base64 float32 is 154 MB).
+    max_clips: int = 1024
+    max_audio_s: float = 1800.0
+    max_request_mb: float = 160.0
 
     def __post_init__(self) -> None:
         if self.backend not in ("whisper", "http"):
@@ -167,3 +172,6 @@ class TranscriberConfig:
             raise FieldError("retries", self.retries, "must be >= 0")
         if not self.timeout_s > 0:
             raise FieldError("timeout_s", self.timeout_s, "must be > 0 seconds")
+        for key in ("max_clips", "max_audio_s", "max_request_mb"):
+            if not getattr(self, key) > 0:
+                raise FieldError(key, getattr(self, key), "must be > 0")

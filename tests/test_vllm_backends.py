@@ -146,9 +146,9 @@ def test_colocated_sync_hands_over_every_weight():
 
 
 @pytest.fixture
-def served():
+def served(tmp_path):
     engine = FakeEngine()
-    return engine, TestClient(create_app(engine))
+    return engine, TestClient(create_app(engine, weights_dir=tmp_path))
 
 
 def test_server_generates_and_syncs_weights(served, tmp_path):
@@ -261,7 +261,7 @@ def test_server_validates_requests(served):
     assert client.post("/generate", json={"prompt_ids": [[]], "n": 2, "sampling": {}}).status_code == 422
     bad = {"prompt_ids": [[1]], "n": 2, "sampling": {"max_new_tokens": 2, "beam_width": 3}}
     assert client.post("/generate", json=bad).status_code == 422
-    assert client.post("/update_weights", json={"path": "/nope.safetensors", "version": 1}).status_code == 400
+    assert client.post("/update_weights", json={"path": "/nope.safetensors", "version": 1}).status_code == 403
 
 
 def test_unreachable_server_is_a_clear_error():

@@ -20,6 +20,9 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> 
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/OSError depending on the cause
         raise ValueError(f"[tts] cannot read audio file {path}: {e}") from e
+    if not np.isfinite(data).all():  # would score as "silent" (with NumPy warnings), or poison a reference
+        bad = int(data.size - np.isfinite(data).sum())
+        raise ValueError(f"[tts] audio file {path}: {bad} of {data.size} samples are NaN or inf: refusing it")
     wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if sr != sample_rate and wav.size:
         wav = soxr.resample(wav, sr, sample_rate, quality="HQ")

@@ -128,6 +128,8 @@ def _example(row: Any, line: int, base: Path, check_audio: bool) -> Example:
         v = row.get(name)
         if v is not None and not isinstance(v, str):
             raise ValueError(f"field {name!r} must be a string, got {type(v).__name__}")
+        if isinstance(v, str) and (k := _surrogate_at(v)) is not None:  # JSON "\ud800": no tokenizer takes it
+            raise ValueError(f"field {name!r} holds a lone surrogate {v[k]!r} at character {k}: not valid Unicode")
         values[name] = v.strip() if isinstance(v, str) and v.strip() else None
     if values["text"] is None:
         raise ValueError("missing or empty 'text'")
@@ -149,6 +151,15 @@ def _example(row: Any, line: int, base: Path, check_audio: bool) -> Example:
         language=values["language"],
         line=line,
     )
+
+
+def _surrogate_at(text: str) -> int | None:
+    """Index of the first lone surrogate (U+D800..U+DFFF) in ``text``, or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
 
 
 def _audio_duration(path: str) -> float:
