@@ -32,6 +32,7 @@ from grpo.config import (
     TrainingConfig,
     load_config,
 )
+from grpo.decode import FastHFGenerator
 from grpo.generation import HFGenerator
 from grpo.rollouts import Generator
 from grpo.trainer import Prompt, autocast_factory
@@ -272,7 +273,8 @@ def build_generator(
     gen = cfg.generation
     if gen.backend == "hf":
         autocast = autocast_factory(device, cfg.run.precision)
-        return HFGenerator(model, gen, pad_id=pad_id, stop_ids=[vocab.stop_id], autocast=autocast)
+        hf = FastHFGenerator if gen.hf_decoder == "loop" else HFGenerator
+        return hf(model, gen, pad_id=pad_id, stop_ids=[vocab.stop_id], autocast=autocast)
     from grpo.engine import Sampling, VLLMEngine, VLLMSettings
     from grpo.engine_generation import EngineGenerator, ServerGenerator
 

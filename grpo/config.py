@@ -309,6 +309,9 @@ class GenerationConfig:
     # Sequences per generate call (a memory knob of the hf backend), in whole groups; 0 = the whole step at
     # once. Not the training batch: that is grpo.batch_size.
     batch_size: int = 0
+    # hf backend: "loop" is grpo/decode.py (static KV cache, inverse-CDF sampling: the same distribution,
+    # faster); "generate" is transformers' model.generate
+    hf_decoder: Literal["loop", "generate"] = "loop"
     vllm_gpu_memory_utilization: float = 0.3  # vllm_colocate: the engine's share of the training GPU
     vllm_sleep: bool = False  # vllm_colocate: free the engine's GPU memory between generations (sleep mode)
     vllm_dtype: str = "bfloat16"
