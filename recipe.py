@@ -34,6 +34,7 @@ from grpo.config import (
 )
 from grpo.decode import FastHFGenerator
 from grpo.generation import HFGenerator
+from grpo.reference import place_reference
 from grpo.rollouts import Generator
 from grpo.trainer import Prompt, autocast_factory
 from reward.config import RewardConfig, TranscriberConfig
@@ -310,7 +311,7 @@ def build_components(cfg: Config, device: torch.device, *, model_path: str | Non
     prompts = build_prompts(cfg, examples, tokenizer, vocab)
     model = load_model(path, cfg, device)
     # The KL anchor is the initial policy (also when resuming), loaded once more and frozen; none if β = 0.
-    ref = load_model(path, cfg, device).eval().requires_grad_(False) if cfg.grpo.beta > 0 else None
+    ref = place_reference(load_model(path, cfg, device), cfg.grpo, device) if cfg.grpo.beta > 0 else None
     return Components(
         model=model,
         tokenizer=tokenizer,
