@@ -7,8 +7,9 @@ Parts (each timed, each failure recorded in the JSON instead of ending the run; 
 every part, so a timeout keeps what finished):
 
 1. ``steps``: GRPO steps in bf16 autocast, the tiny Llasa layout and SmolKartoffel's shape (random weights,
-   vocabulary 114,696), both ``hf`` decoders alternated step by step, β = 0.04 (bf16 reference), a synthetic
-   token-set reward (no codec or Whisper needed): per-phase seconds, tokens/s and peak CUDA memory.
+   vocabulary 114,696), both ``hf`` decoders alternated step by step, β = 0.04, a synthetic token-set reward
+   (no codec or Whisper needed): per-phase seconds, tokens/s, peak CUDA memory, and the reference log-prob gap
+   of a bfloat16 reference copy vs the float32 one under the same autocast.
 2. ``logprob_head``: fwd+bwd of the per-token log-prob head at V = 193,800 and 4 × 1,024 tokens, naive
    ``log_softmax(logits).gather`` vs ``grpo.logprobs.selective_logprobs`` (chunk 256 and 1,024): peak CUDA memory
    above the inputs, and seconds.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import platform
 import sys
@@ -108,7 +110,7 @@ def steps(quick: bool, shapes: list[str]) -> dict[str, Any]:
         )
         g = torch.Generator().manual_seed(0)
         data = [Prompt(ids=tuple(torch.randint(2, vocab, (40,), generator=g).tolist())) for _ in range(8)]
-        ref = place_reference(llama(shape), cfg.grpo, DEVICE)  # auto: bf16 on CUDA
+        ref = place_reference(llama(shape), cfg.grpo, DEVICE)  # float32 (the default)
         autocast = autocast_factory(DEVICE, "bf16")
         gens = {
             "loop": FastHFGenerator(model, cfg.generation, pad_id=0, stop_ids=[STOP], autocast=autocast),
@@ -132,13 +134,29 @@ def steps(quick: bool, shapes: list[str]) -> dict[str, Any]:
             tokens = sum(r["completion/tokens"] for r in rows) / len(rows) * prompts * group
             res[d]["generate_tokens_per_s"] = tokens / res[d]["time/generate"]
             res[d]["peak_cuda_bytes"] = mem[d]
-        res["ratio_loop_to_generate"] = {
-            k: res["loop"][k] / res["generate"][k] for k in res["loop"] if k in res["generate"]
-        }
+        loop, base = res["loop"], res["generate"]
+        res["ratio_loop_to_generate"] = {k: loop[k] / base[k] for k in loop if base.get(k)}  # CPU: no CUDA bytes
+        res["reference_bf16_vs_fp32"] = reference_gap(ref, tr.last_rollouts, cfg, autocast)
         out[shape] = res
         del tr, model, ref, gens
         torch.cuda.empty_cache()
     return out
+
+
+@torch.no_grad()
+def reference_gap(ref: torch.nn.Module, rollouts: Rollouts, cfg: TrainingConfig, autocast: Callable) -> dict:
+    """|Δ log p| of a bfloat16 copy of the reference vs the float32 one, both under the trainer's autocast."""
+    from grpo.logprobs import token_logprobs
+
+    ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], 1).to(DEVICE)
+    mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], 1).to(DEVICE)
+    c, cmask = rollouts.completion_ids.shape[1], rollouts.completion_mask.to(DEVICE).bool()
+    logps = {}
+    for name, model in (("float32", ref), ("bfloat16", copy.deepcopy(ref).to(torch.bfloat16))):
+        with autocast():
+            logps[name] = token_logprobs(model, ids, mask, c, temperature=cfg.generation.temperature)
+    diff = (logps["bfloat16"] - logps["float32"])[cmask].abs()
+    return {"abs_logp_err_mean": diff.mean().item(), "abs_logp_err_max": diff.max().item()}
 
 
 def logprob_head(quick: bool, shapes: list[str]) -> dict[str, Any]:

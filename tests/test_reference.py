@@ -23,10 +23,10 @@ from tests.grpo_fixtures import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_auto_is_bf16_on_cuda_and_float32_on_cpu():
+def test_placement_follows_the_config():
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert reference_placement(GRPOConfig(), cpu) == (cpu, torch.float32)
-    assert reference_placement(GRPOConfig(), cuda) == (cuda, torch.bfloat16)
+    assert reference_placement(GRPOConfig(), cuda) == (cuda, torch.float32)
     assert reference_placement(GRPOConfig(reference_dtype="bfloat16"), cpu) == (cpu, torch.bfloat16)
     assert reference_placement(GRPOConfig(reference_device="cpu"), cuda) == (cpu, torch.float32)
 
