@@ -32,7 +32,9 @@ from grpo.config import (
     TrainingConfig,
     load_config,
 )
+from grpo.decode import FastHFGenerator
 from grpo.generation import HFGenerator
+from grpo.reference import place_reference
 from grpo.rollouts import Generator
 from grpo.trainer import Prompt, autocast_factory
 from reward.config import RewardConfig, TranscriberConfig
@@ -320,7 +322,8 @@ def build_generator(
     gen = cfg.generation
     if gen.backend == "hf":
         autocast = autocast_factory(device, cfg.run.precision)
-        return HFGenerator(model, gen, pad_id=pad_id, stop_ids=[vocab.stop_id], autocast=autocast)
+        hf = FastHFGenerator if gen.hf_decoder == "loop" else HFGenerator
+        return hf(model, gen, pad_id=pad_id, stop_ids=[vocab.stop_id], autocast=autocast)
     from grpo.engine import Sampling, VLLMEngine, VLLMSettings
     from grpo.engine_generation import EngineGenerator, ServerGenerator
 
@@ -366,7 +369,7 @@ def build_components(cfg: Config, device: torch.device, *, model_path: str | Non
     prompts = build_prompts(cfg, examples, tokenizer, vocab, max_positions=model_max_positions(path))
     model = load_model(path, cfg, device)
     # The KL anchor is the initial policy (also when resuming), loaded once more and frozen; none if β = 0.
-    ref = load_model(path, cfg, device).eval().requires_grad_(False) if cfg.grpo.beta > 0 else None
+    ref = place_reference(load_model(path, cfg, device), cfg.grpo, device) if cfg.grpo.beta > 0 else None
     return Components(
         model=model,
         tokenizer=tokenizer,

@@ -309,6 +309,9 @@ class GenerationConfig:
     # Sequences per generate call (a memory knob of the hf backend), in whole groups; 0 = the whole step at
     # once. Not the training batch: that is grpo.batch_size.
     batch_size: int = 0
+    # hf backend: "loop" is grpo/decode.py (static KV cache, inverse-CDF sampling: the same distribution,
+    # faster); "generate" is transformers' model.generate
+    hf_decoder: Literal["loop", "generate"] = "loop"
     vllm_gpu_memory_utilization: float = 0.3  # vllm_colocate: the engine's share of the training GPU
     vllm_sleep: bool = False  # vllm_colocate: free the engine's GPU memory between generations (sleep mode)
     vllm_dtype: str = "bfloat16"
@@ -361,6 +364,11 @@ class GRPOConfig:
     importance_level: Literal["token", "sequence"] = "token"
     importance_cap: float = 3.0  # C: weights above it are truncated to C (or masked)
     importance_mode: Literal["truncate", "mask"] = "truncate"
+    # The frozen KL reference (β > 0; grpo/reference.py). bfloat16 halves its memory, but at SmolKartoffel's
+    # real weights its log-probs were off by 0.035 nats per token (mean; bench/step.py), too much next to the
+    # KL it anchors, so float32 is the default. A device ("cpu", "cuda:1") moves it off the policy's device.
+    reference_dtype: Literal["float32", "bfloat16"] = "float32"
+    reference_device: str = ""
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -463,22 +471,23 @@ class TrainingConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        check_training_sampling(self.generation)
+        check_training_sampling(self.generation, self.run.parallel)
 
 
 # Sampling settings that change the distribution beyond temperature, and their "off" values.
 _PROCESSED_SAMPLING = (("top_p", 1.0), ("top_k", 0), ("repetition_penalty", 1.0))
 
 
-def check_training_sampling(gen: GenerationConfig) -> None:
+def check_training_sampling(gen: GenerationConfig, parallel: str = "replicate") -> None:
     """Refuse, for training, sampling that GRPO cannot account for.
 
-    The hf backend samples with ``model.generate`` and returns no sampler log-probs, so π_old is the
-    temperature-only policy; top-p, top-k or a repetition penalty would make the sampler another distribution
-    (0.69 nats/token apart at top_p = 0.5), uncorrected. The vLLM backends (and ``grpo.serve --engine hf``)
-    return the processed log-probs, and the importance weights correct for the difference.
+    ``hf_decoder = "generate"`` (and the loop's FSDP fallback to it) samples with ``model.generate`` and returns
+    no sampler log-probs, so π_old is the temperature-only policy; top-p, top-k or a repetition penalty would
+    make the sampler another distribution (0.69 nats/token apart at top_p = 0.5), uncorrected. The default
+    loop (``grpo/decode.py``), the vLLM backends and ``grpo.serve --engine hf`` return the processed
+    log-probs, and the importance weights correct for the difference.
     """
-    if gen.backend != "hf":
+    if gen.backend != "hf" or (gen.hf_decoder == "loop" and parallel != "fsdp"):
         return
     for key, off in _PROCESSED_SAMPLING:
         value = getattr(gen, key)
@@ -486,7 +495,8 @@ def check_training_sampling(gen: GenerationConfig) -> None:
             raise FieldError(
                 f"generation.{key}",
                 value,
-                f"generation.backend = 'hf' trains on the temperature-only policy and returns no sampler "
-                f"log-probs to correct a processed distribution: set generation.{key} = {off!r}, or use a "
-                "vllm backend (whose processed log-probs the importance weights correct)",
+                f"generation.backend = 'hf' with model.generate (hf_decoder = 'generate', or FSDP) trains on the "
+                f"temperature-only policy and returns no sampler log-probs to correct a processed distribution: "
+                f"set generation.{key} = {off!r}, or use hf_decoder = 'loop' (without FSDP) or a vllm backend "
+                "(whose processed log-probs the importance weights correct)",
             )

@@ -408,17 +408,18 @@ class GRPOTrainer:
         was_training = model.training
         model.eval()
         out = torch.zeros_like(batch.completion_mask)
+        device = next(model.parameters()).device  # the reference may live elsewhere (grpo.reference_device)
         for rows in self._micro_slices(len(batch.completion_ids)):
             ids, mask, _, c = batch.micro_batch(rows)
             with self.autocast():
                 out[rows, :c] = token_logprobs(
                     model,
-                    ids,
-                    mask,
+                    ids.to(device),
+                    mask.to(device),
                     c,
                     temperature=self.cfg.generation.temperature,
                     chunk_tokens=self.cfg.grpo.logprob_chunk_tokens,
-                )
+                ).to(out.device)
         model.train(was_training)
         return out
 

@@ -109,10 +109,15 @@ def test_a_checkpoint_of_non_finite_weights_is_refused(tmp_path):
 @pytest.mark.parametrize("setting", ["top_p = 0.5", "top_k = 20", "repetition_penalty = 1.2"])
 def test_hf_backend_refuses_processed_sampling_at_config_load(tmp_path, setting):
     path = tmp_path / "c.toml"
-    path.write_text(f'[generation]\nbackend = "hf"\n{setting}\n')
+    path.write_text(f'[generation]\nbackend = "hf"\nhf_decoder = "generate"\n{setting}\n')
     key = setting.split(" ")[0]
     with pytest.raises(ConfigError, match=rf"c.toml: generation.{key}=.*returns no sampler log-probs"):
         load_config(TrainingConfig, path)
+    path.write_text(f'[generation]\nbackend = "hf"\n{setting}\n[run]\nparallel = "fsdp"\n')  # generate under FSDP
+    with pytest.raises(ConfigError, match=rf"c.toml: generation.{key}=.*returns no sampler log-probs"):
+        load_config(TrainingConfig, path)
+    path.write_text(f'[generation]\nbackend = "hf"\n{setting}\n')  # the loop returns the processed log-probs
+    assert load_config(TrainingConfig, path).generation.hf_decoder == "loop"
     path.write_text(f'[generation]\nbackend = "vllm_server"\n{setting}\n')  # processed log-probs: corrected
     assert load_config(TrainingConfig, path).generation.backend == "vllm_server"
     GenerationConfig(backend="hf", top_p=0.5)  # sampling alone (evaluation) stays allowed
@@ -121,7 +126,8 @@ def test_hf_backend_refuses_processed_sampling_at_config_load(tmp_path, setting)
 def test_train_refuses_hf_with_top_p_before_loading_models(capsys):
     import train
 
-    assert train.main(["--config", "tiny.toml", "--set", "generation.top_p=0.5"]) == 2
+    argv = ["--config", "tiny.toml", "--set", "generation.top_p=0.5", "--set", "generation.hf_decoder=generate"]
+    assert train.main(argv) == 2
     assert "tiny.toml: generation.top_p=0.5: generation.backend = 'hf'" in capsys.readouterr().err
 
 
