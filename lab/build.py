@@ -22,8 +22,7 @@ from lab.codec import CodecTrainConfig
 from lab.sft import SFTConfig
 
 DECODER_DONE = "decoder.done"  # marker in the codec folder: the decoder-only stage has run
-SFT2_DONE = "sft2.done"  # marker in the LM folder: the second SFT phase has run
-STAGES = ("corpus", "codec", "encode", "decoder", "sft", "sft2", "report")
+STAGES = ("corpus", "codec", "encode", "decoder", "sft", "sft2", "report")  # sft2: all of sft_more
 
 
 @dataclass(frozen=True)
@@ -38,9 +37,10 @@ class BuildConfig:
         default_factory=lambda: CodecTrainConfig(steps=2000, batch=8, crop_frames=128, lr=5e-4, min_lr=5e-5, seed=1)
     )
     sft: SFTConfig = field(default_factory=SFTConfig)
-    # a second SFT phase from the first one's model, with a fresh (lower) cosine schedule; None: skip
-    sft2: SFTConfig | None = field(
-        default_factory=lambda: SFTConfig(steps=1500, lr=6e-4, min_lr=2e-5, warmup=50, seed=1)
+    # further SFT phases, each from the previous phase's model with a fresh (lower) cosine schedule
+    sft_more: tuple[SFTConfig, ...] = (
+        SFTConfig(steps=1500, lr=6e-4, min_lr=2e-5, warmup=50, seed=1),
+        SFTConfig(steps=1200, lr=3e-4, min_lr=1e-5, warmup=20, seed=2),
     )
     report_sentences: int = 16  # per group in the summary's WER measurements
     report_temperatures: tuple[float, ...] = (0.6, 0.8, 1.0)
@@ -54,7 +54,7 @@ TOY = BuildConfig(
     codec=CodecTrainConfig(steps=3, batch=2, crop_frames=16, warmup=1),
     decoder=CodecTrainConfig(steps=2, batch=2, crop_frames=16, warmup=1),
     sft=replace(SFTConfig(), steps=3, batch=2, hidden=32, layers=1, heads=2, vocab=300, warmup=1),
-    sft2=replace(SFTConfig(), steps=2, batch=2, hidden=32, layers=1, heads=2, vocab=300, warmup=1, seed=1),
+    sft_more=(replace(SFTConfig(), steps=2, batch=2, hidden=32, layers=1, heads=2, vocab=300, warmup=1, seed=1),),
     report_sentences=2,
     report_temperatures=(1.0,),
     report_max_new_tokens=40,
@@ -143,16 +143,20 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
             )
 
         timed("sft", sft_stage)
-    if "sft2" in stages and cfg.sft2 is not None and not (llasa_dir / SFT2_DONE).is_file():
+    for i, phase in enumerate(cfg.sft_more):
+        done = llasa_dir / f"sft{i + 2}.done"
+        if "sft2" not in stages or done.is_file():
+            continue
         from lab.sft import train_lm
 
-        def sft2_stage() -> None:
+        def sft_more_stage(phase: SFTConfig = phase, i: int = i, done: Path = done) -> None:
             codes = dict(np.load(codes_file))
             sentences = corpus_mod.sentences(cfg.num_sentences, cfg.seed)
-            summary["sft2_loss"] = train_lm(llasa_dir, utts, codes, cfg.sft2, sentences=sentences, init_dir=llasa_dir)
-            (llasa_dir / SFT2_DONE).write_text("second SFT phase done\n")
+            log = train_lm(llasa_dir, utts, codes, phase, sentences=sentences, init_dir=llasa_dir)
+            summary[f"sft{i + 2}_loss"] = log
+            done.write_text(f"SFT phase {i + 2} done\n")
 
-        timed("sft2", sft2_stage)
+        timed(f"sft{i + 2}", sft_more_stage)
     if "report" in stages:
         from lab.report import measure
 
