@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from grpo.config import ConfigError
+from tomlconfig import ConfigError
 
 OUTPUT_FILES = ("report.md", "metrics.json", "samples.jsonl")
 
@@ -147,7 +147,7 @@ def generate_all(
     from tqdm.auto import tqdm
 
     import recipe
-    from reward.evaluation import SampleKey
+    from evaluation.report import SampleKey
     from tts.llasa import SpeechVocab
 
     per = args.prompts_per_batch
@@ -170,7 +170,7 @@ def generate_all(
                     f"the first checkpoint's from {vocab0.first_id} (stop {vocab0.stop_id}): compare one vocabulary"
                 )
             prompts = recipe.build_prompts(ccfg, examples, tokenizer, vocab)
-            pad_id = vocab.pad_id if vocab.pad_id is not None else vocab.stop_id
+            pad_id = recipe.padding_id(vocab)
             for ti, tau in enumerate(temperatures):
                 # HF generate whatever [generation] backend training used: it samples from the global torch
                 # RNG, which batch_seed resets, so every checkpoint draws the same random numbers
@@ -202,11 +202,11 @@ def score_all(
     from tqdm.auto import tqdm
 
     import recipe
-    from reward.evaluation import sample_record
+    from evaluation.report import sample_record
     from reward.rollout import StepContext
     from reward.scorer import score_speech
     from tts.audio import save_audio
-    from tts.codec import SAMPLE_RATE
+    from tts.constants import SAMPLE_RATE
 
     speaker = any(ex.ref_audio for ex in examples)
     if speaker and importlib.util.find_spec("resemblyzer") is None:
@@ -243,10 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     import recipe  # torch/transformers: after argparse so --help is instant
-    from grpo.config import dump_toml
+    from evaluation.plots import write_plots
+    from evaluation.report import analyse, write_outputs
     from grpo.distributed import resolve_device
-    from reward.evaluation import analyse, write_outputs
-    from reward.plots import write_plots
+    from tomlconfig import dump_toml
     from tts.data import DataError, load_examples
     from tts.io import write_text
 

@@ -22,20 +22,13 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from grpo.config import (
-    ConfigError,
-    FieldError,
-    GenerationConfig,
-    GRPOConfig,
-    OptimConfig,
-    RunConfig,
-    TrainingConfig,
-    load_config,
-)
+from grpo.config import GenerationConfig, GRPOConfig, OptimConfig, RunConfig, TrainingConfig
 from grpo.generation import HFGenerator
 from grpo.rollouts import Generator
 from grpo.trainer import Prompt, autocast_factory
+from reward.asr.transcript import Transcriber
 from reward.config import RewardConfig, TranscriberConfig
+from tomlconfig import ConfigError, FieldError, load_config
 from tts.config import CodecConfig, DataConfig, ModelConfig, ReferenceConfig, torch_dtype
 
 # Names that resolve to assets the project builds or assembles offline (no hub needed).
@@ -56,8 +49,14 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        from reward.terms import resolve_terms
+
         if not self.data.path:
             raise FieldError("data.path", self.data.path, "set it to a .jsonl or .csv file of rows with 'text'")
+        try:  # term names are resolved here, at load time, so a misspelt one fails before any model loads
+            resolve_terms(self.reward)
+        except FieldError as e:
+            raise FieldError(f"reward.{e.key}", e.value, e.message) from None
 
     @property
     def training(self) -> TrainingConfig:
@@ -108,7 +107,7 @@ def _unreachable(host: str) -> str | None:
 
 def _service_problem(transcriber: TranscriberConfig) -> str | None:
     """None if the transcription service answers /health, else why not (naming transcriber.url)."""
-    from reward.client import HTTPTranscriber, TranscriberUnavailable
+    from reward.asr.http import HTTPTranscriber, TranscriberUnavailable
 
     try:
         HTTPTranscriber(transcriber).health()
@@ -145,13 +144,11 @@ def check_resources(cfg: Config, source: str = "config") -> None:
 class Components:
     model: nn.Module  # the policy, on its device, float32 master weights unless model.dtype says otherwise
     tokenizer: Any
-    vocab: Any  # tts.llasa.SpeechVocab
     pad_id: int
     prompts: list[Prompt]
     generator: Generator
     scorer: Any  # reward.scorer.SpeechScorer (Scorer + SampleWriter)
     ref_model: nn.Module | None
-    examples: list[Any] = field(default_factory=list)  # tts.data.Example
 
 
 def resolve_paths(cfg: Config) -> tuple[str, str]:
@@ -229,12 +226,28 @@ def build_prompts(cfg: Config, examples: Sequence[Any], tokenizer: Any, vocab: A
     return prompts
 
 
+def padding_id(vocab: Any) -> int:
+    """The id that fills padding: the tokenizer's pad token, else the stop token (any real id works: the masks
+    remove padding)."""
+    return vocab.pad_id if vocab.pad_id is not None else vocab.stop_id
+
+
+def build_transcriber(cfg: TranscriberConfig) -> Transcriber:
+    """The ``[transcriber] backend``: faster-whisper in this process, or the HTTP client of ``reward.service``."""
+    if cfg.backend == "http":
+        from reward.asr.http import HTTPTranscriber
+
+        return HTTPTranscriber(cfg)
+    from reward.asr.whisper import WhisperTranscriber
+
+    return WhisperTranscriber(cfg)
+
+
 def build_scorer(cfg: Config, vocab: Any, examples: Sequence[Any]) -> Any:
     """Decoder + transcriber + reward terms (``reward.scorer.SpeechScorer``)."""
     from reward.hook import SpeechHook
     from reward.rate import reference_rate_band
     from reward.scorer import SpeechScorer
-    from reward.transcribe import make_transcriber
     from tts.codec import XCodec2Decoder
     from tts.data import reference_durations
 
@@ -250,7 +263,7 @@ def build_scorer(cfg: Config, vocab: Any, examples: Sequence[Any]) -> Any:
     decoder = XCodec2Decoder.from_pretrained(
         codec_path, device=cfg.codec.device, dtype=torch_dtype(cfg.codec.dtype, key="codec.dtype")
     )
-    transcriber = make_transcriber(cfg.transcriber)
+    transcriber = build_transcriber(cfg.transcriber)
     hook = SpeechHook(vocab, _BatchedDecoder(decoder, cfg.codec), transcriber, cfg.codec.decode_with_reference)
     return SpeechScorer(hook, cfg.reward, rate_band=band)
 
@@ -304,7 +317,7 @@ def build_components(cfg: Config, device: torch.device, *, model_path: str | Non
     path = model_path or resolve_paths(cfg)[0]
     tokenizer = load_tokenizer(path, cfg)
     vocab = SpeechVocab.from_tokenizer(tokenizer, cfg.model.stop_token)
-    pad_id = vocab.pad_id if vocab.pad_id is not None else vocab.stop_id  # any real id: masks remove padding
+    pad_id = padding_id(vocab)
     prompts = build_prompts(cfg, examples, tokenizer, vocab)
     model = load_model(path, cfg, device)
     # The KL anchor is the initial policy (also when resuming), loaded once more and frozen; none if β = 0.
@@ -312,13 +325,11 @@ def build_components(cfg: Config, device: torch.device, *, model_path: str | Non
     return Components(
         model=model,
         tokenizer=tokenizer,
-        vocab=vocab,
         pad_id=pad_id,
         prompts=prompts,
         generator=build_generator(cfg, model, vocab, pad_id, device, model_path=path),
         scorer=build_scorer(cfg, vocab, examples),
         ref_model=ref,
-        examples=list(examples),
     )
 
 

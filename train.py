@@ -19,9 +19,9 @@ from pathlib import Path
 
 from grpo import distributed as dist
 from grpo.checkpoint import checkpoint_dirs, find_checkpoint
-from grpo.config import ConfigError, dump_toml
 from grpo.metrics import METRICS_FILE, read_metrics, summarize
 from grpo.trainer import GRPOTrainer, TrainResult
+from tomlconfig import ConfigError, dump_toml
 
 RESOLVED_CONFIG = "config.resolved.toml"
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reward.asr.whisper import WhisperTranscriber
 from reward.config import RewardConfig, TranscriberConfig
 from reward.hook import CodedCompletion, build_speech_rollouts
 from reward.rollout import StepContext
 from reward.scorer import score_speech
-from reward.transcribe import WhisperTranscriber
 from tests import speech_fixtures as sf
 
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from grpo.config import FieldError
+from tomlconfig import FieldError
+
+# Audio quieter than this (RMS, dBFS) is silence: the transcriber's default gate and the level below which
+# audio_repeat never counts a frame as repeating.
+SILENCE_DBFS = -50.0
 
 
 def _default_weights() -> dict[str, float]:
@@ -36,8 +40,8 @@ class RewardConfig:
     """Which terms, how they combine, and each term's parameters.
 
     total = Σ_k w_k r_k / Σ_k w_k over the terms that apply (r_k is not None); if any gated term is below its
-    threshold, total ← gate_floor · total. Term names are checked against ``reward.terms.TERMS`` (register a
-    custom term before the config loads).
+    threshold, total ← gate_floor · total. Term names are checked where they are resolved
+    (``reward.terms.resolve_terms``: by the recipe's root config at load time, and by ``SpeechScorer``).
     """
 
     weights: dict[str, float] = field(default_factory=_default_weights)
@@ -67,13 +71,6 @@ class RewardConfig:
     repeat_scale_s: float = 0.5  # score = exp(-s / scale), s = seconds inside repeating runs (each >= repeat_min_s)
 
     def __post_init__(self) -> None:
-        from reward.terms import TERMS  # the registry; imported late because terms import this module
-
-        known = ", ".join(sorted(TERMS))
-        for table, values in (("weights", self.weights), ("gates", self.gates)):
-            for name, value in values.items():
-                if name not in TERMS:
-                    raise FieldError(f"{table}.{name}", value, f"unknown reward term; known terms: {known}")
         for name, w in self.weights.items():
             if not (w >= 0 and math.isfinite(w)):
                 raise FieldError(f"weights.{name}", w, "weights must be finite and >= 0")
@@ -130,9 +127,9 @@ class TranscriberConfig:
     batched: bool = True  # cross-clip batched generate; False: sequential WhisperModel.transcribe
     no_speech_threshold: float = 0.6
     logprob_threshold: float | None = None  # if set, silent needs no_speech > threshold AND avg_logprob below this
-    # Audio quieter than this (RMS) is silent without asking the model; the one silence level of the project
-    # (the reward's `complete` term reads the transcript's `silent` flag).
-    silence_dbfs: float = -50.0
+    # Audio quieter than this (RMS) is silent without asking the model (the reward's `complete` term reads the
+    # transcript's `silent` flag).
+    silence_dbfs: float = SILENCE_DBFS
     url: str = "http://127.0.0.1:8765"
     timeout_s: float = 60.0
     retries: int = 2

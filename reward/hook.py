@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from reward.asr.transcript import Transcriber
 from reward.rollout import SpeechRollout
-from reward.transcribe import Transcriber
-from tts.codec import SAMPLE_RATE, SAMPLES_PER_CODE
+from tts.constants import SAMPLE_RATE, SAMPLES_PER_CODE
 
 if TYPE_CHECKING:
     from grpo.rollouts import Rollouts

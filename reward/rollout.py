@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from reward.asr.transcript import Transcript
 from reward.config import RewardConfig, check_rate_band
-from reward.transcribe import Transcript
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from reward.asr.transcript import Transcriber
 from reward.combine import active_terms, combine
 from reward.config import RewardConfig
 from reward.hook import HookTimings, SpeechHook, speech_rollouts_from_audio
 from reward.normalize import error_rate
 from reward.rollout import SpeechRollout, StepContext
 from reward.terms import get_term
-from reward.transcribe import Transcriber
-from tts.codec import SAMPLE_RATE
+from tts.constants import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from grpo.rollouts import Rollouts, Scores

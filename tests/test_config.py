@@ -5,16 +5,8 @@ from typing import Literal
 
 import pytest
 
-from grpo.config import (
-    ConfigError,
-    FieldError,
-    GRPOConfig,
-    OptimConfig,
-    RunConfig,
-    dump_toml,
-    load_config,
-    parse_override,
-)
+from grpo.config import GRPOConfig, OptimConfig, RunConfig
+from tomlconfig import ConfigError, FieldError, dump_toml, load_config, parse_override
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tts.codec import SAMPLES_PER_CODE, XCodec2Decoder
+from tts.codec import XCodec2Decoder
+from tts.constants import SAMPLES_PER_CODE
 from tts.llasa import SpeechVocab
 from tts.tiny import TINY_CODEC, build_tiny_codec, build_tokenizer, tiny_assets
 

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from reward.asr.transcript import Transcript, per_clip_languages
 from reward.config import TranscriberConfig
-from reward.transcribe import Transcript, per_clip_languages
 
 RETRY_STATUS = frozenset({502, 503, 504})
 RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
