@@ -203,8 +203,6 @@ def score_all(
 
     import recipe
     from evaluation.report import sample_record
-    from reward.rollout import StepContext
-    from reward.scorer import score_speech
     from tts.audio import save_audio
     from tts.constants import SAMPLE_RATE
 
@@ -213,21 +211,19 @@ def score_all(
         print("[eval] speaker similarity skipped: resemblyzer is not installed (pip install .[speaker])")
         speaker = False
     scorer = recipe.build_scorer(cfg, vocab, examples)  # decoder + transcriber + terms, as in training
-    context = StepContext(scorer.config, 0, scorer.rate_band)
     records = []
     with tqdm(total=sum(len(b) for b in batches), desc="decode+transcribe", unit="clip", dynamic_ncols=True) as bar:
         for rollouts in batches:
-            speech = scorer.hook(rollouts)  # one batched decode, one transcriber call
-            scored = score_speech(speech, context)
-            for r, meta, terms, reward in zip(speech, rollouts.meta, scored.terms, scored.rewards, strict=True):
+            scored = scorer.judge(rollouts)  # one batched decode, one transcriber call, every term
+            for s, meta in zip(scored, rollouts.meta, strict=True):
                 key = meta["eval_key"]
                 rel = f"audio/{key.checkpoint}/t{key.temperature:g}/{key.text_index:04d}_{key.sample_index}.wav"
-                save_audio(out_dir / rel, r.audio, SAMPLE_RATE)
+                save_audio(out_dir / rel, s.speech.audio, SAMPLE_RATE)
                 records.append(
                     sample_record(
-                        r,
-                        terms,
-                        float(reward),
+                        s.speech,
+                        s.terms,
+                        s.reward,
                         key,
                         scorer.config,
                         audio_path=rel,
@@ -235,7 +231,7 @@ def score_all(
                         speaker=speaker,
                     )
                 )
-            bar.update(len(speech))
+            bar.update(len(scored))
     return records
 
 

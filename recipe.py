@@ -286,8 +286,9 @@ def build_generator(
     if gen.backend == "hf":
         autocast = autocast_factory(device, cfg.run.precision)
         return HFGenerator(model, gen, pad_id=pad_id, stop_ids=[vocab.stop_id], autocast=autocast)
-    from grpo.engine import Sampling, VLLMEngine, VLLMSettings
+    from grpo.engine import VLLMEngine, VLLMSettings
     from grpo.engine_generation import EngineGenerator, ServerGenerator
+    from grpo.generation import Sampling
 
     # No per-request seed: the engine is seeded once (run.seed), so successive steps sample differently.
     sampling = Sampling.from_config(gen, [vocab.stop_id])

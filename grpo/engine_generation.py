@@ -35,7 +35,6 @@ class EngineGenerator:
 
     def __init__(self, engine: Engine, sampling: Sampling, *, pad_id: int) -> None:
         self.engine, self.sampling, self.pad_id = engine, sampling, pad_id
-        self.weights_version = 0
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], group_size: int) -> Rollouts:
         samples = self.engine.generate(prompt_ids, group_size, self.sampling)
@@ -43,7 +42,6 @@ class EngineGenerator:
 
     def sync_weights(self, model: nn.Module) -> None:
         self.engine.load_weights(named_weights(model))
-        self.weights_version += 1
 
 
 class ServerError(RuntimeError):
