@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-import recipe
 from grpo.distributed import resolve_device
 from grpo.trainer import GRPOTrainer
+from llasa_grpo import recipe
 
 
 def _mean(rows: list[dict[str, float]], key: str) -> float:

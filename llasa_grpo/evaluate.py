@@ -103,7 +103,7 @@ def parse_checkpoints(specs: Sequence[str], tiny_name: str) -> list[Checkpoint]:
 
 def check_resources(cfg: Any, checkpoints: Sequence[Checkpoint], source: str) -> None:
     """The recipe's preflight (codec, transcriber, data), then each checkpoint that is not a local folder."""
-    import recipe
+    from llasa_grpo import recipe
 
     def with_model(path: str) -> Any:
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=path))
@@ -146,8 +146,8 @@ def generate_all(
     import torch
     from tqdm.auto import tqdm
 
-    import recipe
     from evaluation.report import SampleKey
+    from llasa_grpo import recipe
     from tts.llasa import SpeechVocab
 
     per = args.prompts_per_batch
@@ -201,8 +201,8 @@ def score_all(
     """Decode and transcribe every completion once (the training hook), measure it, write its WAV."""
     from tqdm.auto import tqdm
 
-    import recipe
     from evaluation.report import sample_record
+    from llasa_grpo import recipe
     from tts.audio import save_audio
     from tts.constants import SAMPLE_RATE
 
@@ -238,10 +238,10 @@ def score_all(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    import recipe  # torch/transformers: after argparse so --help is instant
     from evaluation.plots import write_plots
     from evaluation.report import analyse, write_outputs
     from grpo.distributed import resolve_device
+    from llasa_grpo import recipe  # torch/transformers: after argparse so --help is instant
     from tomlconfig import dump_toml
     from tts.data import DataError, load_examples
     from tts.io import write_text

@@ -58,7 +58,7 @@ def prepare_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> Path 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    import recipe  # imports torch/transformers: after argparse so --help is instant
+    from llasa_grpo import recipe  # imports torch/transformers: after argparse so --help is instant
     from tts.data import DataError
 
     try:

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             f"[reward] no language for {missing[0]}: pass --language, a 'language' per line, or transcriber.language"
         )
 
-    import recipe  # the composition root: it picks the transcription backend
+    from llasa_grpo import recipe  # the composition root: it picks the transcription backend
     from reward.scorer import score_audio
     from tts.audio import load_audio
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-import recipe
+from llasa_grpo import recipe
 from reward.asr.transcript import Transcript
 from reward.combine import active_terms, combine
 from reward.config import RewardConfig, TranscriberConfig

@@ -56,7 +56,7 @@ def test_recipe_prompts_resolve_language_once_and_normalise_ref_text(tmp_path: P
 
     from transformers import AutoTokenizer
 
-    import recipe
+    from llasa_grpo import recipe
     from tts.audio import save_audio
     from tts.llasa import build_prompt_ids
     from tts.reference import ReferenceCodes

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-import recipe
+from llasa_grpo import recipe
 from reward.asr.http import HTTPTranscriber, TranscriberUnavailable, encode_audio
 from reward.asr.whisper import WhisperTranscriber, speech_segments
 from reward.asr.whisper_assets import whisper_base_dir
