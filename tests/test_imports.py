@@ -122,3 +122,19 @@ def test_reward_terms_and_transcription_need_no_torch():
     result = _fresh(f"import sys, {', '.join(light)}; print('torch' in sys.modules)")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"
+
+
+def test_setup_installs_the_packages_and_no_top_level_scripts():
+    """``train.py`` and ``evaluate.py`` are checkout scripts: installed as modules, ``import evaluate`` anywhere in
+    the environment would find this project instead of Hugging Face's ``evaluate``."""
+    import configparser
+
+    from setuptools import find_packages
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    assert not cfg.get("options", "py_modules", fallback="").strip()
+    include = [p.strip() for p in cfg.get("options.packages.find", "include").split(",")]
+    installed = set(find_packages(str(ROOT), include=include))
+    assert {*PACKAGES, "llasa_grpo", "reward.asr"} <= installed
+    assert not {"tests", "bench"} & installed
