@@ -166,8 +166,6 @@ class RunConfig:
         for name in ("save_every", "sample_every"):
             if getattr(self, name) < 0:
                 raise FieldError(name, getattr(self, name), "must be >= 0 (0 turns it off)")
-        if self.parallel not in ("replicate", "fsdp"):
-            raise FieldError("parallel", self.parallel, "must be 'replicate' or 'fsdp'")
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,11 @@ class Checkpoint:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from llasa_grpo.config import keys_help  # reads no model code: --help stays quick
+
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog=keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True, help="the training TOML (model format, codec, transcriber, reward)")
     p.add_argument(
         "--checkpoints", nargs="+", required=True, metavar="NAME=PATH", help="the first is the base of differences"

@@ -1,9 +1,9 @@
-"""The Llasa GRPO recipe: the root config (one TOML section per concern) and the components built from it.
+"""The Llasa GRPO recipe: the components built from the root config (``llasa_grpo.config``), and the preflight.
 
 ``train.py`` and ``evaluate.py`` share this module, so both read the same TOML and build the same model,
 tokenizer, prompts, generator and scorer:
 
-    cfg = load(path, overrides)          # checked before anything loads
+    cfg = load(path, overrides)          # llasa_grpo.config: checked before anything loads
     check_resources(cfg)                 # model / codec / transcriber / data reachable, else names the key
     parts = build_components(cfg, device)
 """
@@ -14,7 +14,7 @@ import functools
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,49 +22,18 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from grpo.config import GenerationConfig, GRPOConfig, OptimConfig, RunConfig, TrainingConfig
 from grpo.generation import HFGenerator
 from grpo.rollouts import Generator
 from grpo.trainer import Prompt, autocast_factory
+from llasa_grpo.config import Config
+from llasa_grpo.config import load as load  # recipe.load(path, overrides): the one way to read a run's config
 from reward.asr.transcript import Transcriber
-from reward.config import RewardConfig, TranscriberConfig
-from tomlconfig import ConfigError, FieldError, load_config
-from tts.config import CodecConfig, DataConfig, ModelConfig, ReferenceConfig, torch_dtype
+from reward.config import TranscriberConfig
+from tomlconfig import ConfigError
+from tts.config import CodecConfig, torch_dtype
 
 # Names that resolve to assets the project builds or assembles offline (no hub needed).
 TINY_MODEL, TINY_CODEC, OFFLINE_WHISPER = "tiny-llasa", "tiny-xcodec2", "whisper-base-pypi"
-
-
-@dataclass(frozen=True)
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    codec: CodecConfig = field(default_factory=CodecConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    transcriber: TranscriberConfig = field(default_factory=TranscriberConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-    def __post_init__(self) -> None:
-        from reward.terms import resolve_terms
-
-        if not self.data.path:
-            raise FieldError("data.path", self.data.path, "set it to a .jsonl or .csv file of rows with 'text'")
-        try:  # term names are resolved here, at load time, so a misspelt one fails before any model loads
-            resolve_terms(self.reward)
-        except FieldError as e:
-            raise FieldError(f"reward.{e.key}", e.value, e.message) from None
-
-    @property
-    def training(self) -> TrainingConfig:
-        return TrainingConfig(generation=self.generation, grpo=self.grpo, optim=self.optim, run=self.run)
-
-
-def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    return load_config(Config, path, overrides)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -167,7 +136,7 @@ def load_model(path: str, cfg: Config, device: torch.device) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.model.dtype, key="model.dtype"))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.model.dtype))
     except OSError as e:
         raise ConfigError(f"model.path={cfg.model.path!r}: cannot load a causal LM from {path}: {e}") from None
     return model.to(device)
@@ -260,9 +229,7 @@ def build_scorer(cfg: Config, vocab: Any, examples: Sequence[Any]) -> Any:
     references = [(ex.ref_text, example_language(cfg, ex), seconds[path]) for path, ex in first.items()]
     band, _ = reference_rate_band(references, cfg.reward)
     _, codec_path = resolve_paths(cfg)
-    decoder = XCodec2Decoder.from_pretrained(
-        codec_path, device=cfg.codec.device, dtype=torch_dtype(cfg.codec.dtype, key="codec.dtype")
-    )
+    decoder = XCodec2Decoder.from_pretrained(codec_path, device=cfg.codec.device, dtype=torch_dtype(cfg.codec.dtype))
     transcriber = build_transcriber(cfg.transcriber)
     hook = SpeechHook(vocab, _BatchedDecoder(decoder, cfg.codec), transcriber, cfg.codec.decode_with_reference)
     return SpeechScorer(hook, cfg.reward, rate_band=band)

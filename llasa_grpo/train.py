@@ -27,7 +27,11 @@ RESOLVED_CONFIG = "config.resolved.toml"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from llasa_grpo.config import keys_help  # reads no model code: --help stays quick
+
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog=keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True, help="TOML file (see tiny.toml, small.toml)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one key")
     p.add_argument(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from tomlconfig import FieldError
 
@@ -48,7 +49,7 @@ class RewardConfig:
     gates: dict[str, float] = field(default_factory=_default_gates)
     gate_floor: float = 0.2
     # wer: exp(-WER) on number-normalised, case- and punctuation-free text; "cer" for compounds (German).
-    wer_variant: str = "wer"
+    wer_variant: Literal["wer", "cer"] = "wer"
     # hangup: a run of one letter this long in the normalised transcript, or the same word (or phrase of up to
     # 4 words) repeated this many times in a row; either only if the text itself has no such run.
     hangup_char_run: int = 6
@@ -81,8 +82,6 @@ class RewardConfig:
                 raise FieldError(f"gates.{name}", threshold, "a gate threshold must lie in [0, 1]")
         if not 0 <= self.gate_floor <= 1:
             raise FieldError("gate_floor", self.gate_floor, "must lie in [0, 1]")
-        if self.wer_variant not in ("wer", "cer"):
-            raise FieldError("wer_variant", self.wer_variant, "use 'wer' or 'cer'")
         if self.hangup_char_run < 2:
             raise FieldError("hangup_char_run", self.hangup_char_run, "a run needs at least 2 letters")
         if self.hangup_word_repeats < 2:
@@ -115,7 +114,7 @@ class RewardConfig:
 class TranscriberConfig:
     """How audio becomes text. ``model="whisper-base-pypi"`` is the offline Whisper base from PyPI."""
 
-    backend: str = "whisper"  # "whisper" (in process) | "http" (reward.service on another GPU)
+    backend: Literal["whisper", "http"] = "whisper"  # in process, or reward.service on another GPU
     model: str = "whisper-base-pypi"  # path to a CTranslate2 Whisper folder, a faster-whisper name, or the above
     device: str = "cpu"  # "cpu", "cuda" or "cuda:1"
     compute_type: str = "int8"
@@ -135,8 +134,6 @@ class TranscriberConfig:
     retries: int = 2
 
     def __post_init__(self) -> None:
-        if self.backend not in ("whisper", "http"):
-            raise FieldError("backend", self.backend, "use 'whisper' or 'http'")
         if self.batch_size < 1:
             raise FieldError("batch_size", self.batch_size, "must be >= 1")
         if self.beam_size < 1:

@@ -114,10 +114,11 @@ def test_every_reward_module_imports_alone():
 
 def test_reward_terms_and_transcription_need_no_torch():
     """The codec constants live in tts.constants, so terms, rates, audio features, the hook and the ASR backends
-    import without torch (only the scorer, which hands rewards to grpo as a tensor, needs it)."""
+    import without torch (only the scorer, which hands rewards to grpo as a tensor, needs it); so does the config."""
     light = [
         "reward.config", "reward.terms", "reward.rate", "reward.audio_features", "reward.hook", "reward.combine",
         "reward.speaker", "reward.asr.transcript", "reward.asr.whisper", "reward.asr.http", "tts.constants",
+        "grpo.config", "grpo.http", "llasa_grpo.config",  # the whole config tree, read by --help
     ]  # fmt: skip
     result = _fresh(f"import sys, {', '.join(light)}; print('torch' in sys.modules)")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -134,7 +134,7 @@ def _client(handler, **kw) -> tuple[HTTPTranscriber, list[str]]:
 
 
 def test_client_retries_only_what_did_no_work(monkeypatch):
-    monkeypatch.setattr("reward.asr.http.time.sleep", lambda s: None)
+    monkeypatch.setattr("grpo.http.time.sleep", lambda s: None)
     audio = [np.zeros(160, np.float32)]
     ok = {"transcripts": [{"text": "hallo", "avg_logprob": -0.1, "no_speech_prob": 0.0, "silent": False}]}
 
