@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tts.codec import CODES_PER_SECOND, XCodec2Config, XCodec2Decoder
+from tts.codec import XCodec2Config, XCodec2Decoder
+from tts.constants import CODES_PER_SECOND
 from tts.tiny import build_tiny_codec
 
 

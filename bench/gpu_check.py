@@ -215,7 +215,8 @@ def generation(quick: bool, shapes: list[str]) -> dict[str, Any]:
 
 
 def codec(quick: bool, shapes: list[str]) -> dict[str, Any]:
-    from tts.codec import CODES_PER_SECOND, XCodec2Config, XCodec2Decoder
+    from tts.codec import XCodec2Config, XCodec2Decoder
+    from tts.constants import CODES_PER_SECOND
 
     torch.manual_seed(0)
     dec = XCodec2Decoder(XCodec2Config()).to(DEVICE).eval()

@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from torch import nn
 
-import recipe
 from grpo.decode import FastHFGenerator
 from grpo.distributed import resolve_device
 from grpo.generation import HFGenerator
 from grpo.logprobs import token_logprobs
 from grpo.trainer import GRPOTrainer
+from llasa_grpo import recipe
 
 SCORE_PARTS = ("time/decode", "time/transcribe", "time/reward")
 

@@ -17,11 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reward.asr.whisper import WhisperTranscriber
 from reward.config import RewardConfig, TranscriberConfig
-from reward.hook import CodedCompletion, build_speech_rollouts
-from reward.rollout import StepContext
-from reward.scorer import score_speech
-from reward.transcribe import WhisperTranscriber
+from reward.hook import HookTimings, Recordings, SpeechHook
+from reward.scorer import SpeechScorer
 from tests import speech_fixtures as sf
 
 
@@ -54,18 +53,14 @@ def main() -> None:
     same = sum(a.text == b.text for a, b in zip(results["sequential"], results["batched"], strict=True))
     print(f"  identical transcripts: {same}/{len(clips)}")
 
-    rows = [{"text": c.text, "language": c.language} for c in clips]
+    rows = [{"text": c.text, "language": c.language, "finished": True} for c in clips]
     reps = -(-64 // len(clips))
-    speech = build_speech_rollouts(
-        (rows * reps)[:64],
-        (audios * reps)[:64],
-        [CodedCompletion(None, None, True)] * 64,
-        _Replay((results["batched"] * reps)[:64]),
-    )
-    ctx = StepContext(RewardConfig())
-    score_speech(speech[:2], ctx)  # warm-up (feature extractor)
-    batch = score_speech(speech, ctx)
-    print(f"all default reward terms, 64 rollouts: {batch.reward_s * 1000:.0f} ms")
+    recordings = Recordings((rows * reps)[:64], (audios * reps)[:64])
+    scorer = SpeechScorer(SpeechHook(None, None, _Replay((results["batched"] * reps)[:64])), RewardConfig())
+    scorer.judge(Recordings(recordings.rows[:2], recordings.audios[:2]))  # warm-up (feature extractor)
+    timings = HookTimings()
+    scorer.judge(recordings, timings)
+    print(f"all default reward terms, 64 rollouts: {timings.reward_s * 1000:.0f} ms")
 
 
 class _Replay:

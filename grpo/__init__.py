@@ -1,5 +1,5 @@
-"""GRPO in plain PyTorch. Knows nothing of speech: it trains any causal LM against any `Scorer`."""
+"""GRPO in plain PyTorch. Knows nothing of speech: it trains any causal LM against any ``Scorer``.
 
-from grpo.rollouts import Generator, Rollouts, Scorer, Scores
-
-__all__ = ["Generator", "Rollouts", "Scorer", "Scores"]
+The interfaces are in ``grpo.rollouts`` (``Generator``, ``Rollouts``, ``Scorer``, ``Scores``) and the loop in
+``grpo.trainer``. Importing the package imports nothing else, so its torch-free helpers (``grpo.http``) stay light.
+"""

@@ -35,13 +35,14 @@ from transformers import StaticCache
 
 from grpo import distributed as dist
 from grpo.config import GenerationConfig
-from grpo.generation import HFGenerator, SamplingParams, completion_mask, left_pad
+from grpo.generation import HFGenerator, completion_mask, left_pad
+from grpo.generation import Sampling as SamplingParams
 from grpo.rollouts import Rollouts
 
 Sampling = Literal["inverse_cdf", "multinomial"]
 
 
-def processes_beyond_temperature(params: SamplingParams) -> bool:
+def processes_beyond_temperature(params: GenerationConfig | SamplingParams) -> bool:
     """True when the sampled distribution is not just softmax(logits / T): top-k, top-p or a repetition penalty.
 
     Then the trainer's log-probs (temperature only) are not the sampler's, and the loss needs the sampler's
@@ -50,7 +51,7 @@ def processes_beyond_temperature(params: SamplingParams) -> bool:
     return params.top_k > 0 or params.top_p < 1.0 or params.repetition_penalty != 1.0
 
 
-def process_logits(logits: Tensor, params: SamplingParams, seen: Tensor | None) -> Tensor:
+def process_logits(logits: Tensor, params: GenerationConfig | SamplingParams, seen: Tensor | None) -> Tensor:
     """transformers' sampling processors on float32 ``logits`` [n, V], in ``generate``'s order; returns z [n, V].
 
     ``seen`` [n, V] bool marks the tokens the repetition penalty applies to (needed when it is not 1).
@@ -102,7 +103,7 @@ def decode(
     model: nn.Module,
     ids: Tensor,
     mask: Tensor,
-    params: SamplingParams,
+    params: GenerationConfig | SamplingParams,
     *,
     stop_ids: Sequence[int],
     pad_id: int,

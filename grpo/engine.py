@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
@@ -19,37 +19,8 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from transformers.generation.logits_process import LogitsProcessorList
 
-from grpo.config import GenerationConfig
-from grpo.generation import completion_mask, hf_sampling_config, left_pad
+from grpo.generation import Sampling, completion_mask, hf_sampling_config, left_pad
 from grpo.rollouts import Rollouts
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling parameters, identical for every backend (the ``[generation]`` section)."""
-
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    repetition_penalty: float = 1.0
-    stop_ids: tuple[int, ...] = ()
-    seed: int | None = None
-
-    @classmethod
-    def from_config(cls, cfg: GenerationConfig, stop_ids: Sequence[int], seed: int | None = None) -> Sampling:
-        return cls(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k,
-            repetition_penalty=cfg.repetition_penalty,
-            stop_ids=tuple(stop_ids),
-            seed=seed,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -182,7 +153,7 @@ class HFEngine:
         new = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
-            generation_config=hf_sampling_config(plain, sampling.stop_ids, pad),
+            generation_config=hf_sampling_config(plain, pad),
             logits_processor=LogitsProcessorList([*sampling_processors(sampling), recorder]),
         )[:, ids.shape[1] :]
         logps = recorder.finish(new).cpu()  # [N, T]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from grpo import distributed as dist
-from grpo.engine import Engine, Sample, Sampling, named_weights, samples_to_rollouts
+from grpo.engine import Engine, Sample, named_weights, samples_to_rollouts
+from grpo.generation import Sampling
+from grpo.http import RetriesExhausted, RetryPolicy, request
 from grpo.rollouts import Rollouts
 
 
@@ -35,7 +36,6 @@ class EngineGenerator:
 
     def __init__(self, engine: Engine, sampling: Sampling, *, pad_id: int) -> None:
         self.engine, self.sampling, self.pad_id = engine, sampling, pad_id
-        self.weights_version = 0
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], group_size: int) -> Rollouts:
         samples = self.engine.generate(prompt_ids, group_size, self.sampling)
@@ -43,7 +43,6 @@ class EngineGenerator:
 
     def sync_weights(self, model: nn.Module) -> None:
         self.engine.load_weights(named_weights(model))
-        self.weights_version += 1
 
 
 class ServerError(RuntimeError):
@@ -66,7 +65,12 @@ class ServerGenerator:
         client: httpx.Client | None = None,
     ) -> None:
         self.url = url.rstrip("/")
-        self.sampling, self.pad_id, self.retries = sampling, pad_id, retries
+        self.sampling, self.pad_id = sampling, pad_id
+        self.retry = RetryPolicy(
+            tries=retries + 1,
+            errors=(httpx.ConnectError, httpx.ConnectTimeout),
+            backoff=lambda k: min(2.0 ** (k - 1), 10.0),
+        )
         self.client = client or httpx.Client(base_url=self.url, timeout=timeout_s)
         self.shm_dir = Path(shm_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()))
         self.weights_version = 0  # of the weights this trainer last pushed; 0 = none yet
@@ -130,31 +134,26 @@ class ServerGenerator:
     def _call(self, method: str, route: str, **kwargs: Any) -> dict[str, Any]:
         """One request, retried only when no connection was made (the server never saw it). A request the
         server received is never repeated: after a read timeout it is still working on it under its lock."""
-        for attempt in range(self.retries + 1):
-            try:
-                response = self.client.request(method, route, **kwargs)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-                if attempt == self.retries:
-                    raise ServerError(
-                        f"[grpo] generation server {self.url} unreachable after {self.retries + 1} tries ({e!r}): "
-                        "start it with `python -m grpo.serve --model <model.path>` or fix generation.server_url"
-                    ) from e
-                time.sleep(min(2.0**attempt, 10.0))
-                continue
-            except httpx.TimeoutException as e:
-                raise ServerError(
-                    f"[grpo] generation server {self.url}{route} gave no answer within the timeout ({e!r}): it may "
-                    "still be working; raise generation.server_timeout_s (e.g. for long max_new_tokens or large "
-                    "batches) and check the server's log"
-                ) from e
-            except httpx.TransportError as e:
-                raise ServerError(
-                    f"[grpo] generation server {self.url}{route} failed mid-request ({e!r}): check the server's log"
-                ) from e
-            if response.status_code != 200:
-                raise ServerError(f"[grpo] generation server {self.url}{route}: {response.status_code} {response.text}")
-            return response.json()
-        raise AssertionError("unreachable")
+        try:
+            response = request(self.client, method, route, self.retry, **kwargs)
+        except RetriesExhausted as e:
+            raise ServerError(
+                f"[grpo] generation server {self.url} unreachable after {self.retry.tries} tries ({e.last}): "
+                "start it with `python -m grpo.serve --model <model.path>` or fix generation.server_url"
+            ) from None
+        except httpx.TimeoutException as e:
+            raise ServerError(
+                f"[grpo] generation server {self.url}{route} gave no answer within the timeout ({e!r}): it may "
+                "still be working; raise generation.server_timeout_s (e.g. for long max_new_tokens or large "
+                "batches) and check the server's log"
+            ) from e
+        except httpx.TransportError as e:
+            raise ServerError(
+                f"[grpo] generation server {self.url}{route} failed mid-request ({e!r}): check the server's log"
+            ) from e
+        if response.status_code != 200:
+            raise ServerError(f"[grpo] generation server {self.url}{route}: {response.status_code} {response.text}")
+        return response.json()
 
 
 def _untie(tensors: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,26 +46,45 @@ def completion_mask(completion_ids: Tensor, stop_ids: Sequence[int]) -> tuple[Te
     return (cols[None, :] <= first[:, None]).long(), finished
 
 
-class SamplingParams(Protocol):
-    """The sampling fields shared by ``GenerationConfig`` and the engines' ``Sampling``."""
+@dataclass(frozen=True)
+class Sampling:
+    """The sampling parameters of every backend (from the ``[generation]`` section), with the stop ids; the
+    generation server receives them as ``to_dict()``."""
 
     max_new_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    repetition_penalty: float
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0
+    stop_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: GenerationConfig, stop_ids: Sequence[int], seed: int | None = None) -> Sampling:
+        return cls(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            repetition_penalty=cfg.repetition_penalty,
+            stop_ids=tuple(stop_ids),
+            seed=seed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def hf_sampling_config(params: SamplingParams, stop_ids: Sequence[int], pad_id: int) -> HFGenerationConfig:
-    """transformers' sampling configuration for ``params``, stopping at ``stop_ids`` only."""
+def hf_sampling_config(sampling: Sampling, pad_id: int) -> HFGenerationConfig:
+    """transformers' sampling configuration for ``sampling``, stopping at its ``stop_ids`` only."""
     return HFGenerationConfig(
         do_sample=True,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        top_k=params.top_k,  # explicit: transformers' default would be 50
-        repetition_penalty=params.repetition_penalty,
-        max_new_tokens=params.max_new_tokens,
-        eos_token_id=list(stop_ids) or None,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,  # explicit: transformers' default would be 50
+        repetition_penalty=sampling.repetition_penalty,
+        max_new_tokens=sampling.max_new_tokens,
+        eos_token_id=list(sampling.stop_ids) or None,
         pad_token_id=pad_id,
         use_cache=True,
     )
@@ -89,7 +109,7 @@ class HFGenerator:
             raise ValueError("[grpo] HFGenerator needs at least one stop token id")
         self.model, self.config, self.pad_id, self.stop_ids = model, config, pad_id, list(stop_ids)
         self.autocast = autocast
-        self.sampling = hf_sampling_config(config, self.stop_ids, pad_id)
+        self.sampling = hf_sampling_config(Sampling.from_config(config, self.stop_ids), pad_id)
 
     def sync_weights(self, model: nn.Module) -> None:
         """The sampler *is* the policy: nothing to copy."""

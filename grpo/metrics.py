@@ -1,6 +1,7 @@
-"""Where a run's numbers go: one JSON line per logged step, TensorBoard scalars if installed, a tqdm bar.
+"""A step's numbers and where they go: one JSON line per logged step, TensorBoard scalars if installed, a tqdm bar.
 
-Only the main process writes. ``metrics.jsonl`` is the source of truth (the end-of-run summary and
+``UpdateStats`` and ``step_metrics`` turn what one step measured into the logged metrics (identical on every
+rank). Only the main process writes. ``metrics.jsonl`` is the source of truth (the end-of-run summary and
 ``evaluate.py`` read it back); TensorBoard is a convenience.
 """
 
@@ -9,13 +10,90 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from grpo import distributed as dist
+from grpo.advantages import zero_spread_fraction
+from grpo.rollouts import Rollouts
+
 METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class UpdateStats:
+    """One optimizer update's statistics: the loss summed over micro-batches, the loss statistics and the entropy
+    as token-weighted sums (means come out in ``means``), and the clipped gradient norm and lr."""
+
+    sums: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    tokens: float = 0.0
+    grad_norm: float = 0.0
+    lr: float = 0.0
+
+    def add(self, loss: Tensor, stats: Mapping[str, Tensor], cmask: Tensor, entropy: Tensor | None) -> None:
+        """One micro-batch: its loss (a share of the step's), its per-token mean statistics, its mask [B, C]."""
+        k = float(cmask.sum())
+        self.tokens += k
+        self.sums["loss"] += loss.item()
+        for name, v in stats.items():
+            self.sums[name] += v.item() * k
+        if entropy is not None:
+            self.sums["entropy"] += float((entropy * cmask).sum())
+
+    def means(self) -> dict[str, float]:
+        """This rank's share of the loss, per-token means of the rest, the gradient norm and lr."""
+        out = {k: (v if k == "loss" else v / max(self.tokens, 1.0)) for k, v in self.sums.items()}
+        return {**out, "grad_norm": self.grad_norm, "lr": self.lr}
+
+
+def step_metrics(
+    rollouts: Rollouts,
+    scorer_metrics: Mapping[str, float],
+    rewards_all: Tensor,
+    updates: list[UpdateStats],
+    times: Mapping[str, float],
+    *,
+    group_size: int,
+    world_size: int,
+) -> dict[str, float]:
+    """The step's metrics, averaged over ranks (a collective: every rank calls it). Loss statistics are those of
+    the first update (the sampling policy); with μ > 1 the last update's follow as ``loss/last_*``."""
+    lengths = rollouts.completion_mask.sum(dim=1).float()
+    stats = [u.means() for u in updates]
+    first = stats[0]
+    local: dict[str, float] = {
+        **{k if "/" in k else f"reward/{k}": float(v) for k, v in scorer_metrics.items()},
+        "completion/tokens": lengths.mean().item(),
+        "completion/tokens_max": lengths.max().item(),
+        "completion/finished": rollouts.finished.float().mean().item(),
+        "loss": first["loss"],
+        **{f"loss/{k}": v for k, v in first.items() if k not in ("loss", "grad_norm", "lr", "entropy")},
+        **times,
+    }
+    if "entropy" in first:
+        local["policy/entropy"] = first["entropy"]
+    if len(stats) > 1:  # the last update shows how far the policy moved from the sampler
+        local.update({f"loss/last_{k}": v for k, v in stats[-1].items() if k not in ("grad_norm", "lr")})
+    metrics = dist.all_reduce_mean(local)
+    for key in ("loss", "loss/last_loss"):  # each rank's loss is its share of the global normaliser: sum them
+        if key in metrics:
+            metrics[key] *= world_size
+    metrics.update(
+        {
+            "reward/mean": rewards_all.mean().item(),
+            "reward/std": rewards_all.std().item() if rewards_all.numel() > 1 else 0.0,
+            "reward/zero_spread": zero_spread_fraction(rewards_all, group_size),
+            "lr": first["lr"],
+            "grad_norm": sum(u["grad_norm"] for u in stats) / len(stats),
+        }
+    )
+    return metrics
 
 
 class MetricsLogger:

@@ -34,9 +34,7 @@ class Rollouts:
 
     def __post_init__(self) -> None:
         n = self.completion_ids.shape[0]
-        if self.group_size < 2:
-            raise ValueError(f"[grpo] group_size={self.group_size}: GRPO needs at least 2 completions per prompt")
-        if n % self.group_size:
+        if self.group_size < 1 or n % self.group_size:
             raise ValueError(f"[grpo] {n} completions is not a multiple of group_size={self.group_size}")
         for name in ("prompt_ids", "prompt_mask", "finished"):
             if getattr(self, name).shape[0] != n:
@@ -48,14 +46,6 @@ class Rollouts:
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
-
-    @property
-    def num_groups(self) -> int:
-        return len(self) // self.group_size
-
-    @property
-    def group_ids(self) -> Tensor:  # [N]
-        return torch.arange(len(self)) // self.group_size
 
     def completion_lists(self) -> list[list[int]]:
         """Unpadded completion token ids, one list per completion (stop token included if generated)."""

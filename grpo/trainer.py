@@ -1,8 +1,11 @@
-"""The GRPO training loop: one explicit ``step`` that reads top to bottom.
+"""The GRPO training loop: ``GRPOTrainer.train_step`` is one whole step, read top to bottom.
 
-    prompts ──► generator.generate ──► scorer.score ──► group advantages (over all ranks' groups)
-            ──► old / ref log-probs (only when needed) ──► μ × [micro-batches: loss, backward] ──► all-reduce
+    prompts ──► generator.generate ──► scorer.score ──► old / ref log-probs (only when needed)
+            ──► group advantages (over all ranks' groups) ──► μ × [micro-batches: loss, backward] ──► all-reduce
             ──► clip ──► AdamW ──► scheduler ──► generator.sync_weights
+
+``generation.overlap`` wraps the generator and the scoring (``grpo.overlap``), so the step stays sequential code;
+``grpo.metrics.step_metrics`` turns what it measured into the logged numbers.
 
 Everything the loop needs from outside is an interface (``Generator``, ``Scorer``, optionally ``SampleWriter``)
 plus a list of ``Prompt`` (token ids and the opaque data row the scorer reads back from ``Rollouts.meta``).
@@ -19,7 +22,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +31,14 @@ import torch
 from torch import Tensor, nn
 
 from grpo import distributed as dist
-from grpo.advantages import group_advantages, zero_spread_fraction
+from grpo.advantages import group_advantages
 from grpo.checkpoint import load_checkpoint, remove_checkpoints_after, rng_state, save_checkpoint
 from grpo.config import TrainingConfig
 from grpo.importance import importance_weights
 from grpo.logprobs import token_logprobs
 from grpo.loss import grpo_loss, loss_normalizer
-from grpo.metrics import MetricsLogger, Progress
+from grpo.metrics import MetricsLogger, Progress, UpdateStats, step_metrics
+from grpo.overlap import BackgroundScoring, PrefetchingGenerator
 from grpo.rollouts import Generator, Rollouts, SampleWriter, Scorer, Scores
 
 
@@ -117,6 +120,13 @@ class PromptSampler:
                 self._order = self._permutation()
             out.append(self._order[self.pos])
             self.pos += 1
+        return out
+
+    def peek(self, k: int) -> list[int]:
+        """The next ``k`` indices, without taking them."""
+        state, order = self.state_dict(), self._order
+        out = self.take(k)
+        self.epoch, self.pos, self._order = state["epoch"], state["position"], order
         return out
 
     def state_dict(self) -> dict[str, int]:
@@ -248,7 +258,10 @@ class GRPOTrainer:
         g, o, r = config.grpo, config.optim, config.run
         if g.beta > 0 and ref_model is None:
             raise ValueError(f"[grpo] grpo.beta={g.beta} needs a reference model (or set grpo.beta = 0)")
+        if config.generation.overlap:
+            generator = PrefetchingGenerator(generator, upcoming=self._upcoming_prompt_ids)
         self.policy, self.generator, self.scorer, self.prompts = policy, generator, scorer, list(prompts)
+        self.scoring = BackgroundScoring(enabled=config.generation.overlap)
         self.ref_model = None if g.beta == 0 else ref_model
         self.tokenizer, self.pad_id = tokenizer, pad_id
         self.dist = dist_info or dist.DistInfo(device=next(policy.parameters()).device)
@@ -258,6 +271,7 @@ class GRPOTrainer:
 
         seed_everything(r.seed + self.dist.rank)  # ranks sample different completions
         self.sampler = PromptSampler(len(self.prompts), r.seed)  # same order on every rank
+        self.data_state = self.sampler.state_dict()  # data position after the last completed step's prompts
         dist.broadcast_parameters(policy)
         if r.gradient_checkpointing:
             enable_activation_checkpointing(policy)
@@ -277,9 +291,6 @@ class GRPOTrainer:
             self.optimizer, lr_lambda(total, warmup, o.schedule, o.min_lr_ratio)
         )
         self.step = 0
-        self.data_state = self.sampler.state_dict()  # data position after the last completed step's prompts
-        self._pool = self._new_pool()
-        self._pending: Future[Rollouts] | None = None
         self.last_rollouts: Rollouts | None = None  # this rank's latest step, for samples and tests
         self.last_scores: Scores | None = None
         # Extra JSON-able entries of every checkpoint's trainer state (train.py records the resolved config).
@@ -302,9 +313,13 @@ class GRPOTrainer:
         t_step = time.perf_counter()
         self.policy.train()
 
-        # 1. This rank's whole groups (with generation.overlap they were sampled while the last step trained).
+        # 1. This rank's share of the step's prompts, G completions each (whole groups). With generation.overlap
+        #    they were sampled while the last step trained (grpo.overlap.PrefetchingGenerator).
+        prompts = self._take_prompts()
+        self.data_state = self.sampler.state_dict()  # where the next step starts (a prefetch only peeks)
         with timer("generate"):
-            rollouts = self._rollouts()
+            rollouts = self.generator.generate([p.ids for p in prompts], g.group_size)
+        rollouts = dataclasses.replace(rollouts, meta=tuple(p.meta for p in prompts for _ in range(g.group_size)))
         n = len(rollouts)
         batch = _Batch(
             prompt_ids=rollouts.prompt_ids.to(self.device),
@@ -313,19 +328,20 @@ class GRPOTrainer:
             completion_mask=rollouts.completion_mask.float().to(self.device),
         )
 
-        # 2. Rewards, where the completions are; with overlap, scored (e.g. on the transcription service's GPU)
-        #    while this GPU computes the log-probs below, which do not depend on them.
-        scoring = self._pool.submit(self._score, rollouts, timer) if self._pool else None
-        scores = None if scoring else self._score(rollouts, timer)
+        # 2. Rewards, where the completions are. With overlap they are scored in another thread (e.g. on the
+        #    transcription service's GPU) while this one computes the log-probs below, which do not need them.
+        wait_for_scores = self.scoring.start(self._score, rollouts, timer)
 
-        # 3. log π_old, the policy before this step's updates, only when needed: with μ = num_iterations > 1
-        #    (later updates move away from it), or when another engine sampled. Otherwise π/π_old ≡ 1 at the
-        #    only update and old = logps.detach() there. Reference log-probs only when β > 0.
-        is_stats: dict[str, float] = {}
-        if g.num_iterations > 1 or rollouts.sampler_logps is not None:
+        # 3. The π_old rule: log π_old (the policy before this step's updates) is computed only when the ratio
+        #    π/π_old can differ from 1: with μ = num_iterations > 1 (later updates move away from it), or when
+        #    another engine sampled. Otherwise the only update is on-policy and π_old = π_θ.detach() (step 5).
+        #    Reference log-probs only when β > 0.
+        sampled_elsewhere = rollouts.sampler_logps is not None
+        if g.num_iterations > 1 or sampled_elsewhere:
             with timer("old_logps"):
-                batch.old_logps = self._logps_no_grad(self.policy, batch)  # π_old
-        if rollouts.sampler_logps is not None:
+                batch.old_logps = self._logps_no_grad(self.policy, batch)
+        is_stats: dict[str, float] = {}
+        if sampled_elsewhere:
             # Another engine (vLLM) sampled with its own numerics of π_old (other kernels and precision, maybe one
             # update behind with overlap): reweight the loss by truncated π_old / π_sampler (grpo.importance).
             batch.is_weights, is_stats = importance_weights(
@@ -340,58 +356,97 @@ class GRPOTrainer:
             with timer("ref_logps"):
                 batch.ref_logps = self._logps_no_grad(self.ref_model, batch)
 
-        # Advantages over every rank's groups (groups are never split; batch scaling sees the whole batch).
-        scores = scoring.result() if scoring else scores
+        # 4. Advantages over every rank's groups (groups are never split; batch scaling sees the whole batch).
+        scores = wait_for_scores()
         rewards_all = dist.all_gather(scores.rewards.float().cpu())  # [world · N]
         adv_all = group_advantages(rewards_all, g.group_size, g.advantage_scale, g.advantage_eps)
         batch.advantages = adv_all[self.dist.rank * n : (self.dist.rank + 1) * n].to(self.device)
 
-        # 4. μ optimizer updates, each over the whole batch in micro-batches. The normaliser is that of the
-        #    whole step on all ranks, so Σ (micro-batch losses) over ranks is the full-batch loss.
+        # 5. μ optimizer updates, each over the whole batch in micro-batches. The normaliser is that of the whole
+        #    step on all ranks, so Σ (micro-batch losses) over ranks is the full-batch loss.
         normalizer = dist.all_reduce_sum(loss_normalizer(batch.completion_mask, g.loss_aggregation, gen.max_new_tokens))
-        update_stats: list[dict[str, float]] = []
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        clip = self.cfg.optim.max_grad_norm if self.cfg.optim.max_grad_norm > 0 else float("inf")
+        updates: list[UpdateStats] = []
         with timer("update"):
-            for _ in range(g.num_iterations):
-                update_stats.append(self._update(batch, normalizer, with_entropy=not update_stats))
+            for iteration in range(g.num_iterations):
+                with_entropy = iteration == 0  # the sampling policy's entropy
+                update = UpdateStats()
+                self.optimizer.zero_grad(set_to_none=True)
+                for rows in self._micro_slices(n):
+                    ids, mask, cmask, c = batch.micro_batch(rows)
+                    with self.autocast():
+                        out = token_logprobs(
+                            self.policy,
+                            ids,
+                            mask,
+                            c,
+                            temperature=gen.temperature,
+                            chunk_tokens=g.logprob_chunk_tokens,
+                            return_entropy=with_entropy,
+                        )
+                    logps, entropy = out if with_entropy else (out, None)
+                    old = logps.detach() if batch.old_logps is None else batch.old_logps[rows, :c]  # π_old rule
+                    loss, loss_stats = grpo_loss(
+                        logps,
+                        old,
+                        batch.advantages[rows],
+                        cmask,
+                        ref_logps=None if batch.ref_logps is None else batch.ref_logps[rows, :c],
+                        beta=g.beta,
+                        eps_low=g.eps_low,
+                        eps_high=g.eps_high,
+                        aggregation=g.loss_aggregation,
+                        max_completion_length=gen.max_new_tokens,
+                        normalizer=normalizer,
+                        token_weights=None if batch.is_weights is None else batch.is_weights[rows, :c],
+                    )
+                    loss.backward()
+                    update.add(loss, loss_stats, cmask, entropy)
+                dist.all_reduce_gradients(params)  # replicated gradients; FSDP's shards were reduced in backward
+                update.grad_norm = dist.clip_grad_norm(params, clip)
+                update.lr = self.optimizer.param_groups[0]["lr"]
+                self._refuse_non_finite(update.sums["loss"], update.grad_norm)
+                self._updated_this_step = True  # from here on the step's state is no longer the last completed one
+                self.optimizer.step()
+                self.scheduler.step()
+                updates.append(update)
+
+        # 6. The sampler follows the policy.
         self.generator.sync_weights(self.policy)
         self.last_rollouts, self.last_scores = rollouts, scores
-
         times = {f"time/{k}": v for k, v in timer.times.items()}
         times["time/step"] = time.perf_counter() - t_step
-        return self._step_metrics(rollouts, {**scores.metrics, **is_stats}, rewards_all, update_stats, times)
+        sizes = {"group_size": g.group_size, "world_size": self.dist.world_size}
+        return step_metrics(rollouts, {**scores.metrics, **is_stats}, rewards_all, updates, times, **sizes)
 
-    def _new_pool(self) -> ThreadPoolExecutor | None:
-        """generation.overlap: one thread samples the next step, one scores, while this thread trains (the
-        threads start on first use)."""
-        return ThreadPoolExecutor(max_workers=2) if self.cfg.generation.overlap else None
+    def _refuse_non_finite(self, loss: float, grad_norm: float) -> None:
+        """Refuse the update, before it touches the weights, when the loss or the gradient is not finite: a NaN
+        step would silently turn every parameter into NaN (and be checkpointed). Every rank decides alike."""
+        bad = [f"loss={loss}"] if not math.isfinite(loss) else []
+        bad += [] if math.isfinite(grad_norm) else [f"grad_norm={grad_norm}"]
+        if dist.any_rank(bool(bad)):
+            raise NonFiniteError(
+                f"[grpo] step {self.step + 1}: non-finite {', '.join(bad) or 'loss on another rank'}; the update "
+                "was refused and the weights are those of the last finite step. Check the rewards, "
+                "generation.temperature, optim.lr and grpo.importance_* settings"
+            )
 
     def _take_prompts(self) -> list[Prompt]:
         """The step's prompts are drawn globally (same order on every rank); rank r takes the r-th share."""
+        return self._rank_share(self.sampler.take(self.cfg.grpo.prompts_per_step * self.dist.world_size))
+
+    def _upcoming_prompt_ids(self) -> list[tuple[int, ...]] | None:
+        """What generation.overlap prefetches: the next step's prompts, looked at but not taken; None after the
+        last step (``self.step`` counts completed steps, so during a step it is that step's index)."""
+        if self.step + 1 >= self.cfg.run.max_steps:
+            return None
+        chosen = self.sampler.peek(self.cfg.grpo.prompts_per_step * self.dist.world_size)
+        return [p.ids for p in self._rank_share(chosen)]
+
+    def _rank_share(self, chosen: list[int]) -> list[Prompt]:
         per_rank = self.cfg.grpo.prompts_per_step
-        chosen = self.sampler.take(per_rank * self.dist.world_size)
         return [self.prompts[i] for i in chosen[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]]
-
-    def _generate(self, prompts: list[Prompt]) -> Rollouts:
-        g = self.cfg.grpo.group_size
-        rollouts = self.generator.generate([p.ids for p in prompts], g)
-        return dataclasses.replace(rollouts, meta=tuple(p.meta for p in prompts for _ in range(g)))
-
-    def _rollouts(self) -> Rollouts:
-        """This step's rollouts. With ``generation.overlap`` the next step's generation is started before this
-        one trains, so it samples from weights one update older (the importance weights correct for that).
-        ``data_state`` is the data position *before* any prefetch: a checkpoint resumes with the next step's
-        prompts, which are then generated again."""
-        if self._pool is None:
-            rollouts = self._generate(self._take_prompts())
-            self.data_state = self.sampler.state_dict()
-            return rollouts
-        if self._pending is None:  # first step, or just resumed
-            self._pending = self._pool.submit(self._generate, self._take_prompts())
-        rollouts, self._pending = self._pending.result(), None
-        self.data_state = self.sampler.state_dict()
-        if self.step + 1 < self.cfg.run.max_steps:
-            self._pending = self._pool.submit(self._generate, self._take_prompts())
-        return rollouts
 
     def _score(self, rollouts: Rollouts, timer: _Timer) -> Scores:
         with timer("score", sync=False):
@@ -426,109 +481,6 @@ class GRPOTrainer:
     def _micro_slices(self, n: int) -> list[slice]:
         m = self.cfg.grpo.micro_batch_size
         return [slice(s, min(s + m, n)) for s in range(0, n, m)]
-
-    def _update(self, batch: _Batch, normalizer: float, *, with_entropy: bool) -> dict[str, float]:
-        """One optimizer update over the whole batch; returns its token-weighted statistics."""
-        g, o = self.cfg.grpo, self.cfg.optim
-        self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = defaultdict(float)
-        tokens = 0.0
-        for rows in self._micro_slices(len(batch.completion_ids)):
-            ids, mask, cmask, c = batch.micro_batch(rows)
-            with self.autocast():
-                out = token_logprobs(
-                    self.policy,
-                    ids,
-                    mask,
-                    c,
-                    temperature=self.cfg.generation.temperature,
-                    chunk_tokens=g.logprob_chunk_tokens,
-                    return_entropy=with_entropy,
-                )
-            logps, entropy = out if with_entropy else (out, None)
-            old = logps.detach() if batch.old_logps is None else batch.old_logps[rows, :c]
-            loss, stats = grpo_loss(
-                logps,
-                old,
-                batch.advantages[rows],
-                cmask,
-                ref_logps=None if batch.ref_logps is None else batch.ref_logps[rows, :c],
-                beta=g.beta,
-                eps_low=g.eps_low,
-                eps_high=g.eps_high,
-                aggregation=g.loss_aggregation,
-                max_completion_length=self.cfg.generation.max_new_tokens,
-                normalizer=normalizer,
-                token_weights=None if batch.is_weights is None else batch.is_weights[rows, :c],
-            )
-            loss.backward()
-            k = float(cmask.sum())
-            tokens += k
-            sums["loss"] += loss.item()
-            for name, v in stats.items():
-                sums[name] += v.item() * k
-            if entropy is not None:
-                sums["entropy"] += float((entropy * cmask).sum())
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        dist.all_reduce_gradients(params)  # replicated gradients; FSDP's shards were reduced in backward
-        clip = o.max_grad_norm if o.max_grad_norm > 0 else float("inf")
-        grad_norm = dist.clip_grad_norm(params, clip)
-        # Refuse the update, before it touches the weights, when the loss or the gradient is not finite: a NaN
-        # step would silently turn every parameter into NaN (and be checkpointed). Every rank decides alike.
-        bad = [f"loss={sums['loss']}"] if not math.isfinite(sums["loss"]) else []
-        bad += [] if math.isfinite(grad_norm) else [f"grad_norm={grad_norm}"]
-        if dist.any_rank(bool(bad)):
-            raise NonFiniteError(
-                f"[grpo] step {self.step + 1}: non-finite {', '.join(bad) or 'loss on another rank'}; the update "
-                "was refused and the weights are those of the last finite step. Check the rewards, "
-                "generation.temperature, optim.lr and grpo.importance_* settings"
-            )
-        lr = self.optimizer.param_groups[0]["lr"]
-        self._updated_this_step = True  # from here on the step's state is no longer the last completed one
-        self.optimizer.step()
-        self.scheduler.step()
-        # Every rank holds the same summed gradients; the loss and statistics are this rank's share.
-        out = {k: (v if k == "loss" else v / max(tokens, 1.0)) for k, v in sums.items()}
-        return {**out, "grad_norm": grad_norm, "lr": lr}
-
-    def _step_metrics(
-        self,
-        rollouts: Rollouts,
-        scorer_metrics: Mapping[str, float],
-        rewards_all: Tensor,
-        update_stats: list[dict[str, float]],
-        times: dict[str, float],
-    ) -> dict[str, float]:
-        lengths = rollouts.completion_mask.sum(dim=1).float()
-        first = update_stats[0]
-        local: dict[str, float] = {
-            **{k if "/" in k else f"reward/{k}": float(v) for k, v in scorer_metrics.items()},
-            "completion/tokens": lengths.mean().item(),
-            "completion/tokens_max": lengths.max().item(),
-            "completion/finished": rollouts.finished.float().mean().item(),
-            "loss": first["loss"],
-            **{f"loss/{k}": v for k, v in first.items() if k not in ("loss", "grad_norm", "lr", "entropy")},
-            **times,
-        }
-        if "entropy" in first:
-            local["policy/entropy"] = first["entropy"]
-        if len(update_stats) > 1:  # the last update shows how far the policy moved from the sampler
-            last = update_stats[-1]
-            local.update({f"loss/last_{k}": v for k, v in last.items() if k not in ("grad_norm", "lr")})
-        metrics = dist.all_reduce_mean(local)
-        for key in ("loss", "loss/last_loss"):  # each rank's loss is its share of the global normaliser: sum them
-            if key in metrics:
-                metrics[key] *= self.dist.world_size
-        metrics.update(
-            {
-                "reward/mean": rewards_all.mean().item(),
-                "reward/std": rewards_all.std().item() if rewards_all.numel() > 1 else 0.0,
-                "reward/zero_spread": zero_spread_fraction(rewards_all, self.cfg.grpo.group_size),
-                "lr": first["lr"],
-                "grad_norm": sum(u["grad_norm"] for u in update_stats) / len(update_stats),
-            }
-        )
-        return metrics
 
     # ----------------------------------------------------------------------------------------------------------
     # The run
@@ -627,13 +579,11 @@ class GRPOTrainer:
                     if interrupted:
                         break
         finally:
-            if self._pool is not None:
-                # Interrupted with a prefetch in flight: drop it (a running request cannot be cancelled; its thread
-                # ends with it) and rewind the sampler to its prompts, which a later train() call (fresh pool) or
-                # a resume from the checkpoint generates again.
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool, self._pending = self._new_pool(), None
-                self.sampler.load_state_dict(self.data_state)
+            # A prefetch still in flight (interrupted, or an error) is dropped: its prompts were not taken, so a
+            # later train() call or a resume from the checkpoint generates them again.
+            if isinstance(self.generator, PrefetchingGenerator):
+                self.generator.close()
+            self.scoring.close()
             bar.close()
             logger.close()
         return TrainResult(self.run_dir, start, self.step, interrupted and self.step < r.max_steps, checkpoint)

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tts.codec import CONFIG_FILE, SAMPLE_RATE, SAMPLES_PER_CODE, WEIGHT_FILES, XCodec2Config, XCodec2Decoder
+from tts.codec import CONFIG_FILE, WEIGHT_FILES, XCodec2Config, XCodec2Decoder
+from tts.constants import SAMPLE_RATE, SAMPLES_PER_CODE
 
 ENCODER_PREFIX = "lab_encoder."
 ENCODER_CONFIG_KEY = "lab_encoder"

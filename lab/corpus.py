@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tts.codec import SAMPLE_RATE
+from tts.constants import SAMPLE_RATE
 
 KEEP_SILENCE_S = 0.06
 SILENCE_DBFS = -45.0

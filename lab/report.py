@@ -18,16 +18,16 @@ import torch
 
 from reward.normalize import error_rate
 from reward.terms import longest_code_cycle
-from tts.codec import CODES_PER_SECOND
+from tts.constants import CODES_PER_SECOND
 
 LOOP_MAX_PERIOD, LOOP_MIN_S = 8, 1.0  # the definition: codes cycling with period ≤ 8 for ≥ 1 s
 
 
 def whisper(beam_size: int = 1, threads: int = 2) -> Any:
+    from llasa_grpo.recipe import build_transcriber
     from reward.config import TranscriberConfig
-    from reward.transcribe import make_transcriber
 
-    return make_transcriber(TranscriberConfig(model="whisper-base-pypi", beam_size=beam_size, cpu_threads=threads))
+    return build_transcriber(TranscriberConfig(model="whisper-base-pypi", beam_size=beam_size, cpu_threads=threads))
 
 
 def looped(codes: np.ndarray) -> bool:

@@ -13,8 +13,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from grpo.config import ConfigError, from_dict
 from reward.config import RewardConfig, TranscriberConfig, check_rate_band
+from reward.terms import resolve_terms
+from tomlconfig import ConfigError, FieldError, from_dict
 
 
 def load_configs(path: Path | None) -> tuple[RewardConfig, TranscriberConfig]:
@@ -23,11 +24,10 @@ def load_configs(path: Path | None) -> tuple[RewardConfig, TranscriberConfig]:
         return RewardConfig(), TranscriberConfig()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-        return (
-            from_dict(RewardConfig, data.get("reward", {}), source=f"{path} [reward]"),
-            from_dict(TranscriberConfig, data.get("transcriber", {}), source=f"{path} [transcriber]"),
-        )
-    except (OSError, tomllib.TOMLDecodeError, ConfigError) as e:
+        reward = from_dict(RewardConfig, data.get("reward", {}), source=f"{path} [reward]")
+        resolve_terms(reward)
+        return reward, from_dict(TranscriberConfig, data.get("transcriber", {}), source=f"{path} [transcriber]")
+    except (OSError, tomllib.TOMLDecodeError, ConfigError, FieldError) as e:
         raise SystemExit(f"[reward] --config {path}: {e}") from None
 
 
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             f"[reward] no language for {missing[0]}: pass --language, a 'language' per line, or transcriber.language"
         )
 
+    from llasa_grpo import recipe  # the composition root: it picks the transcription backend
     from reward.scorer import score_audio
-    from reward.transcribe import make_transcriber
     from tts.audio import load_audio
 
     try:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         audios = [load_audio(r["audio"]) for r in rows]
     except ValueError as e:  # names the file or the band
         raise SystemExit(str(e)) from None
-    results = score_audio(rows, audios, make_transcriber(transcriber_cfg), reward_cfg, band)
+    results = score_audio(rows, audios, recipe.build_transcriber(transcriber_cfg), reward_cfg, band)
     for row, result in zip(rows, results, strict=True):
         print(json.dumps({"audio": row["audio"], **result}, ensure_ascii=False))
     return 0

@@ -6,10 +6,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from tts.codec import SAMPLE_RATE
+from reward.config import SILENCE_DBFS
+from tts.constants import SAMPLE_RATE
 
 HOP_S = 0.01  # log-mel hop (160 samples)
-SILENCE_DBFS = -50.0  # frames quieter than this never count as repeating
 
 
 @lru_cache(maxsize=1)

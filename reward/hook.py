@@ -1,7 +1,7 @@
 """The post-generation hook: decode every completion once, transcribe all of them once, build SpeechRollouts.
 
-Training (token ids → codes → audio) and audio scoring (files → audio) meet in ``build_speech_rollouts``, so the
-CLI and evaluate.py run exactly the transcription and terms that training runs.
+Training (token ids → codes → audio) and audio scoring (``Recordings``: files → audio) meet in
+``build_speech_rollouts``, so the CLI and evaluate.py run exactly the transcription and terms that training runs.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from reward.asr.transcript import Transcriber
 from reward.rollout import SpeechRollout
-from reward.transcribe import Transcriber
-from tts.codec import SAMPLE_RATE, SAMPLES_PER_CODE
+from tts.constants import SAMPLE_RATE, SAMPLES_PER_CODE
 
 if TYPE_CHECKING:
     from grpo.rollouts import Rollouts
@@ -31,10 +31,20 @@ class CodedCompletion:
     stray_tokens: int = 0
 
 
+@dataclass(frozen=True)
+class Recordings:
+    """Audio to score instead of token ids (``python -m reward score``): rows carry text, language and
+    optionally ``codes`` and ``finished`` (else the terms that need them are not applicable)."""
+
+    rows: Sequence[Mapping[str, Any]]
+    audios: Sequence[np.ndarray]
+
+
 @dataclass
 class HookTimings:
     decode_s: float = 0.0
     transcribe_s: float = 0.0
+    reward_s: float = 0.0  # the terms (SpeechScorer)
 
 
 def _row_text(row: Mapping[str, Any], i: int, key: str) -> str:
@@ -95,12 +105,16 @@ class SpeechHook:
     """
 
     def __init__(self, vocab: Any, decoder: Any, transcriber: Transcriber, decode_with_reference: bool = True) -> None:
-        self.vocab = vocab  # tts.llasa.SpeechVocab
+        self.vocab = vocab  # tts.llasa.SpeechVocab; None scores Recordings only
         self.decoder = decoder  # tts.codec.XCodec2Decoder (anything with decode_batch(codes) -> waveforms)
         self.transcriber = transcriber
         self.decode_with_reference = decode_with_reference
 
-    def __call__(self, rollouts: Rollouts, timings: HookTimings | None = None) -> list[SpeechRollout]:
+    def __call__(self, rollouts: Rollouts | Recordings, timings: HookTimings | None = None) -> list[SpeechRollout]:
+        if isinstance(rollouts, Recordings):
+            return speech_rollouts_from_audio(rollouts.rows, rollouts.audios, self.transcriber, timings)
+        if self.vocab is None or self.decoder is None:
+            raise ValueError("[reward] this SpeechHook has no vocab and decoder: it scores Recordings only")
         if not rollouts.meta:
             raise ValueError("[reward] Rollouts.meta is empty: the generator must attach each prompt's data row")
         completions = []

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from reward.asr.transcript import Transcript
 from reward.config import RewardConfig, check_rate_band
-from reward.transcribe import Transcript
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,7 +30,6 @@ class StepContext:
     """Per-step information shared by all terms."""
 
     config: RewardConfig = field(default_factory=RewardConfig)
-    step: int = 0
     rate_band: tuple[float, float] | None = None  # from the data (reward.rate.reference_rate_band); else config
 
     def __post_init__(self) -> None:

@@ -1,4 +1,9 @@
-"""``SpeechScorer``: grpo's Scorer for speech — hook (decode once, transcribe once) → terms → combination."""
+"""``SpeechScorer``: grpo's Scorer for speech — hook (decode once, transcribe once) → terms → combination.
+
+``SpeechScorer.judge`` is its one public call: rollouts (token ids) or ``Recordings`` (audio) in, one
+``ScoredSpeech`` per completion out (the decoded and transcribed rollout, every term's value, the total).
+Training (``score``), ``python -m reward score`` (``score_audio``) and ``evaluate.py`` all go through it.
+"""
 
 from __future__ import annotations
 
@@ -13,76 +18,58 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from reward.combine import active_terms, combine
+from reward.asr.transcript import Transcriber
+from reward.combine import combine
 from reward.config import RewardConfig
-from reward.hook import HookTimings, SpeechHook, speech_rollouts_from_audio
+from reward.hook import HookTimings, Recordings, SpeechHook
 from reward.normalize import error_rate
 from reward.rollout import SpeechRollout, StepContext
-from reward.terms import get_term
-from reward.transcribe import Transcriber
-from tts.codec import SAMPLE_RATE
+from reward.terms import resolve_terms
+from tts.constants import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from grpo.rollouts import Rollouts, Scores
 
 
 @dataclass(frozen=True)
-class ScoredBatch:
-    rewards: np.ndarray  # [N] float32
-    terms: list[dict[str, float | None]]  # per rollout, per active term
-    gated: list[bool]
-    wers: list[float]  # plain WER (for the asr/wer metric), whatever the wer term's variant
-    reward_s: float
+class ScoredSpeech:
+    speech: SpeechRollout
+    terms: dict[str, float | None]  # every active term; None = not applicable
+    reward: float  # the combined total, at the float32 precision of the training rewards
+    gated: bool  # a gate failed
+    wer: float  # plain WER (the asr/wer metric), whatever the wer term's variant
+
+    def details(self) -> dict[str, Any]:
+        """JSON-ready: what a sample file and ``python -m reward score`` show."""
+        r = self.speech
+        return {
+            "text": r.text,
+            "language": r.language,
+            "transcript": r.transcript.text,
+            "silent": r.transcript.silent,
+            "no_speech_prob": r.transcript.no_speech_prob,
+            "duration_s": round(r.duration_s, 3),
+            "finished": r.finished,
+            "wer": round(self.wer, 4),
+            "terms": {k: (None if v is None else round(v, 4)) for k, v in self.terms.items()},
+            "gated": self.gated,
+            "reward": round(self.reward, 4),
+        }
 
 
-def score_speech(rollouts: Sequence[SpeechRollout], context: StepContext) -> ScoredBatch:
-    """Evaluate every active term on every rollout and combine them."""
-    start = time.perf_counter()
-    names = active_terms(context.config)
-    fns = {n: get_term(n) for n in names}
-    terms, rewards, gated, wers = [], [], [], []
-    for r in rollouts:
-        values = {n: fn(r, context) for n, fn in fns.items()}
-        for n, v in values.items():
-            if v is not None and not (0.0 <= v <= 1.0 and math.isfinite(v)):
-                raise ValueError(f"[reward] term {n!r} returned {v} for {r.text!r}: terms must lie in [0, 1]")
-        total, failed = combine(values, context.config)
-        terms.append(values)
-        rewards.append(total)
-        gated.append(failed)
-        wers.append(error_rate(r.text, r.transcript.text, r.language, "wer"))
-    return ScoredBatch(np.asarray(rewards, dtype=np.float32), terms, gated, wers, time.perf_counter() - start)
-
-
-def details(r: SpeechRollout, values: Mapping[str, float | None], total: float, gated: bool, wer: float) -> dict:
-    return {
-        "text": r.text,
-        "language": r.language,
-        "transcript": r.transcript.text,
-        "silent": r.transcript.silent,
-        "no_speech_prob": r.transcript.no_speech_prob,
-        "duration_s": round(r.duration_s, 3),
-        "finished": r.finished,
-        "wer": round(wer, 4),
-        "terms": {k: (None if v is None else round(v, 4)) for k, v in values.items()},
-        "gated": gated,
-        "reward": round(float(total), 4),
-    }
-
-
-def step_metrics(batch: ScoredBatch, timings: HookTimings) -> dict[str, float]:
+def step_metrics(scored: Sequence[ScoredSpeech], timings: HookTimings) -> dict[str, float]:
     metrics: dict[str, float] = {}
-    for name in batch.terms[0] if batch.terms else ():
-        vals = [t[name] for t in batch.terms if t[name] is not None]
+    for name in scored[0].terms if scored else ():
+        vals = [s.terms[name] for s in scored if s.terms[name] is not None]
         if vals:
             metrics[f"reward/{name}"] = float(np.mean(vals))
-    if len(batch.rewards):
-        metrics["reward/total"] = float(batch.rewards.mean())
-        metrics["reward/gated_frac"] = float(np.mean(batch.gated))
-        metrics["asr/wer"] = float(np.mean(batch.wers))
+    if scored:
+        metrics["reward/total"] = float(np.asarray([s.reward for s in scored], dtype=np.float32).mean())
+        metrics["reward/gated_frac"] = float(np.mean([s.gated for s in scored]))
+        metrics["asr/wer"] = float(np.mean([s.wer for s in scored]))
     metrics["time/decode"] = timings.decode_s
     metrics["time/transcribe"] = timings.transcribe_s
-    metrics["time/reward"] = batch.reward_s
+    metrics["time/reward"] = timings.reward_s
     return metrics
 
 
@@ -94,36 +81,49 @@ class SpeechScorer:
     ) -> None:
         self.hook = hook
         self.config = config or RewardConfig()
-        self.rate_band = StepContext(self.config, 0, rate_band).rate_band  # checked now, not at the first step
-        self.step = 0
-        self.last: list[SpeechRollout] = []
+        self.terms = resolve_terms(self.config)  # an unknown term fails now, not at the first step
+        self.context = StepContext(self.config, rate_band)  # checks the band now
+        self.rate_band = self.context.rate_band
+
+    def judge(self, batch: Rollouts | Recordings, timings: HookTimings | None = None) -> list[ScoredSpeech]:
+        """Decode (token ids) and transcribe once, evaluate every active term on every completion, combine."""
+        timings = timings if timings is not None else HookTimings()
+        speech = self.hook(batch, timings)
+        start = time.perf_counter()
+        out = []
+        for r in speech:
+            values = {n: fn(r, self.context) for n, fn in self.terms.items()}
+            for n, v in values.items():
+                if v is not None and not (0.0 <= v <= 1.0 and math.isfinite(v)):
+                    raise ValueError(f"[reward] term {n!r} returned {v} for {r.text!r}: terms must lie in [0, 1]")
+            total, gated = combine(values, self.config)
+            wer = error_rate(r.text, r.transcript.text, r.language, "wer")
+            out.append(ScoredSpeech(r, values, float(np.float32(total)), gated, wer))
+        timings.reward_s += time.perf_counter() - start
+        return out
 
     def score(self, rollouts: Rollouts) -> Scores:
         from grpo.rollouts import Scores
 
         timings = HookTimings()
-        speech = self.hook(rollouts, timings)
-        batch = score_speech(speech, StepContext(self.config, self.step, self.rate_band))
-        self.step += 1
-        self.last = speech
+        scored = self.judge(rollouts, timings)
         return Scores(
-            rewards=torch.from_numpy(batch.rewards),
-            metrics=step_metrics(batch, timings),
-            details=tuple(
-                details(r, v, t, g, w)
-                for r, v, t, g, w in zip(speech, batch.terms, batch.rewards, batch.gated, batch.wers, strict=True)
-            ),
+            rewards=torch.from_numpy(np.asarray([s.reward for s in scored], dtype=np.float32)),
+            metrics=step_metrics(scored, timings),
+            # the waveform rides along for write_samples (it is not part of the JSON)
+            details=tuple({**s.details(), "audio": s.speech.audio} for s in scored),
         )
 
     def write_samples(self, rollouts: Rollouts, scores: Scores, directory: Path, limit: int) -> None:
-        """WAV + JSON (text, transcript, terms, reward) of the first ``limit`` completions of the last step."""
+        """WAV + JSON (text, transcript, terms, reward) of the first ``limit`` completions of ``scores``."""
         from tts.audio import save_audio
         from tts.io import write_text
 
         directory = Path(directory)
-        for i, (r, d) in enumerate(zip(self.last[:limit], scores.details[:limit], strict=False)):
-            save_audio(directory / f"{i:03d}.wav", r.audio, SAMPLE_RATE)
-            write_text(directory / f"{i:03d}.json", json.dumps(d, ensure_ascii=False, indent=1) + "\n")
+        for i, d in enumerate(scores.details[:limit]):
+            save_audio(directory / f"{i:03d}.wav", d["audio"], SAMPLE_RATE)
+            shown = {k: v for k, v in d.items() if k != "audio"}
+            write_text(directory / f"{i:03d}.json", json.dumps(shown, ensure_ascii=False, indent=1) + "\n")
 
 
 def score_audio(
@@ -134,10 +134,5 @@ def score_audio(
     rate_band: tuple[float, float] | None = None,
 ) -> list[dict]:
     """Score recordings (rows: text, language, optional codes/finished/ref_audio) through the training path."""
-    timings = HookTimings()
-    speech = speech_rollouts_from_audio(rows, audios, transcriber, timings)
-    batch = score_speech(speech, StepContext(config or RewardConfig(), 0, rate_band))
-    return [
-        details(r, v, t, g, w)
-        for r, v, t, g, w in zip(speech, batch.terms, batch.rewards, batch.gated, batch.wers, strict=True)
-    ]
+    scorer = SpeechScorer(SpeechHook(None, None, transcriber), config, rate_band)
+    return [s.details() for s in scorer.judge(Recordings(rows, audios))]

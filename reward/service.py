@@ -15,9 +15,10 @@ from dataclasses import asdict, fields
 
 from pydantic import BaseModel
 
-from reward.client import decode_audio
+from reward.asr.http import decode_audio
+from reward.asr.transcript import Transcriber
+from reward.asr.whisper import WhisperTranscriber
 from reward.config import TranscriberConfig
-from reward.transcribe import Transcriber, WhisperTranscriber
 
 
 class Batch(BaseModel):

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from tts.codec import SAMPLE_RATE
+from tts.constants import SAMPLE_RATE
 
 
 @lru_cache(maxsize=1)

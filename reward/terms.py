@@ -13,10 +13,13 @@ from collections.abc import Callable
 import numpy as np
 
 from reward.audio_features import repeated_seconds
+from reward.combine import active_terms
+from reward.config import RewardConfig
 from reward.normalize import error_rate, normalize
 from reward.rate import letters_per_second
 from reward.rollout import SpeechRollout, StepContext
-from tts.codec import CODES_PER_SECOND
+from tomlconfig import FieldError
+from tts.constants import CODES_PER_SECOND
 
 RewardTerm = Callable[[SpeechRollout, StepContext], "float | None"]
 TERMS: dict[str, RewardTerm] = {}
@@ -37,6 +40,17 @@ def get_term(name: str) -> RewardTerm:
         return TERMS[name]
     except KeyError:
         raise KeyError(f"[reward] unknown term {name!r} in reward.weights/gates; known: {sorted(TERMS)}") from None
+
+
+def resolve_terms(config: RewardConfig) -> dict[str, RewardTerm]:
+    """The functions of the config's active terms (``combine.active_terms`` order). A name in ``weights`` or
+    ``gates`` that is not registered is a ``FieldError`` naming its key, so the loader reports file and key."""
+    known = ", ".join(sorted(TERMS))
+    for table, values in (("weights", config.weights), ("gates", config.gates)):
+        for name, value in values.items():
+            if name not in TERMS:
+                raise FieldError(f"{table}.{name}", value, f"unknown reward term; known terms: {known}")
+    return {name: TERMS[name] for name in active_terms(config)}
 
 
 @register("wer")

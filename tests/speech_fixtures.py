@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from tts.codec import SAMPLE_RATE
+from tts.constants import SAMPLE_RATE
 
 SENTENCES: dict[str, tuple[str, ...]] = {
     "de": (

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tts.codec import SAMPLES_PER_CODE, XCodec2Config, XCodec2Decoder
+from tts.codec import XCodec2Config, XCodec2Decoder
+from tts.constants import SAMPLES_PER_CODE
 from tts.tiny import build_tiny_codec
 
 SMALL = dict(hidden_dim=128, depth=2, heads=4, pos_meb_dim=32, vq_dim=64)

@@ -5,16 +5,8 @@ from typing import Literal
 
 import pytest
 
-from grpo.config import (
-    ConfigError,
-    FieldError,
-    GRPOConfig,
-    OptimConfig,
-    RunConfig,
-    dump_toml,
-    load_config,
-    parse_override,
-)
+from grpo.config import GRPOConfig, OptimConfig, RunConfig
+from tomlconfig import ConfigError, FieldError, describe, dump_toml, field_comments, load_config, parse_override
 
 
 @dataclass(frozen=True)
@@ -132,3 +124,37 @@ def test_bad_overrides_are_named(tmp_path):
         load_config(Root, path, ["grpo.beta"])
     with pytest.raises(ConfigError, match=r"no such config file"):
         load_config(Root, tmp_path / "missing.toml")
+
+
+@dataclass(frozen=True)
+class Documented:
+    # the lines above a field
+    # are its comment
+    beta: float = 0.0  # and so is the end of its line
+    plain: int = 1
+    mode: Literal["a", "b"] = "a"  # one of two
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_field_comments_become_the_help_text():
+    assert field_comments(Documented) == {
+        "beta": "the lines above a field are its comment and so is the end of its line",
+        "mode": "one of two",
+    }
+    lines = describe(Documented)
+    assert lines[:3] == [
+        "  beta = 0.0  # the lines above a field are its comment and so is the end of its line",
+        "  plain = 1",
+        '  mode = "a"  # one of two',
+    ]
+    assert "  inner.weights = {wer = 1.0, rate = 0.5}" in lines and "  inner.language = none" in lines
+
+
+def test_train_help_lists_every_key_with_its_comment(capsys):
+    from llasa_grpo import train
+
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "  grpo.group_size = 4  # G completions per prompt" in out
+    assert "  run.parallel = " in out and "  reward.weights = {wer = 1.0" in out

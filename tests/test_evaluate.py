@@ -15,7 +15,8 @@ import soundfile as sf
 import torch
 
 import evaluate
-from reward.evaluation import (
+from evaluation.plots import write_plots
+from evaluation.report import (
     METRICS,
     SampleRecord,
     analyse,
@@ -26,7 +27,6 @@ from reward.evaluation import (
     write_outputs,
 )
 from reward.normalize import letters, normalize
-from reward.plots import write_plots
 from tts.tiny import tiny_assets
 
 MAX_NEW_TOKENS = 50

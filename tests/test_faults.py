@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo.config import ConfigError, GenerationConfig, TrainingConfig, load_config
+from grpo.config import GenerationConfig, TrainingConfig
 from grpo.generation import HFGenerator
 from grpo.importance import importance_weights
 from grpo.loss import grpo_loss
@@ -28,6 +28,7 @@ from tests.grpo_fixtures import (
     tiny_llama,
     training_config,
 )
+from tomlconfig import ConfigError, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -124,7 +125,7 @@ def test_hf_backend_refuses_processed_sampling_at_config_load(tmp_path, setting)
 
 
 def test_train_refuses_hf_with_top_p_before_loading_models(capsys):
-    import train
+    from llasa_grpo import train
 
     argv = ["--config", "tiny.toml", "--set", "generation.top_p=0.5", "--set", "generation.hf_decoder=generate"]
     assert train.main(argv) == 2
@@ -192,7 +193,7 @@ def test_a_failure_at_the_first_step_or_after_an_update_saves_nothing(tmp_path):
 def test_an_unknown_language_is_refused_at_data_load_with_its_line():
     import types
 
-    import recipe
+    from llasa_grpo import recipe
 
     if not recipe.whisper_languages():
         pytest.skip("faster-whisper is not installed")
@@ -253,7 +254,7 @@ def test_hf_engine_keeps_only_the_chosen_tokens_logprobs_and_they_are_the_proces
     out = engine.model.generate(
         input_ids=ids,
         attention_mask=mask,
-        generation_config=hf_sampling_config(sampling, sampling.stop_ids, STOP),
+        generation_config=hf_sampling_config(sampling, STOP),
         output_scores=True,
         return_dict_in_generate=True,
     )
@@ -372,7 +373,7 @@ def test_a_resumed_run_applies_the_new_optimizer_settings(tmp_path):
 
 def _recorded_checkpoint(run_dir, cfg) -> Path:
     from grpo.checkpoint import save_checkpoint
-    from grpo.config import to_dict
+    from tomlconfig import to_dict
 
     model = tiny_llama()
     opt = torch.optim.AdamW(model.parameters())
@@ -382,8 +383,8 @@ def _recorded_checkpoint(run_dir, cfg) -> Path:
 
 
 def test_resume_prints_and_records_applied_changes_and_refuses_fixed_ones(tmp_path, capsys):
-    import recipe
-    import train
+    from llasa_grpo import train
+    from llasa_grpo import recipe
 
     ckpt = _recorded_checkpoint(tmp_path, recipe.load("tiny.toml"))
     changed = recipe.load("tiny.toml", ["optim.lr=0.05", "run.max_steps=9"])
@@ -506,7 +507,7 @@ def test_a_second_run_in_the_same_folder_is_refused_with_the_pid(tmp_path):
     other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True)
     assert other.returncode != 0 and f"PID {os.getpid()}" in other.stderr
 
-    import train
+    from llasa_grpo import train
 
     (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
     train.prepare_run_dir(tmp_path / "run", None, overwrite=True)  # --overwrite keeps the lock it holds
@@ -534,7 +535,7 @@ def test_an_unwritable_run_folder_fails_in_the_preflight(tmp_path, monkeypatch, 
         check_writable(tmp_path / "new" / "run")
     monkeypatch.undo()
 
-    import train
+    from llasa_grpo import train
 
     rc = train.main(["--config", "tiny.toml", "--set", f"run.output_dir={json.dumps(str(tmp_path / 'file' / 'r'))}"])
     assert rc == 2 and "is not a folder: not writable" in capsys.readouterr().err
@@ -580,7 +581,7 @@ class _CountingTranscriber:
         self.calls: list[int] = []
 
     def transcribe(self, audios, language):
-        from reward.transcribe import Transcript
+        from reward.asr.transcript import Transcript
 
         self.calls.append(len(audios))
         return [Transcript(text="x", avg_logprob=0.0, no_speech_prob=0.0, silent=False, raw_text="x") for _ in audios]
@@ -590,7 +591,7 @@ def test_transcription_service_bounds_clips_seconds_and_body_naming_the_key():
     import numpy as np
     from fastapi.testclient import TestClient
 
-    from reward.client import encode_audio
+    from reward.asr.http import encode_audio
     from reward.config import TranscriberConfig
     from reward.service import create_app
 
@@ -616,7 +617,7 @@ def test_http_client_splits_its_batches_to_fit_the_service_bounds():
     import numpy as np
     from fastapi.testclient import TestClient
 
-    from reward.client import HTTPTranscriber
+    from reward.asr.http import HTTPTranscriber
     from reward.config import TranscriberConfig
     from reward.service import create_app
 
@@ -703,7 +704,7 @@ def test_a_lone_surrogate_in_a_data_row_is_named_with_its_line(tmp_path):
 def test_a_prompt_too_long_for_the_model_is_refused_at_data_load(tmp_path):
     from transformers import AutoTokenizer
 
-    import recipe
+    from llasa_grpo import recipe
     from tts.data import load_examples
     from tts.llasa import SpeechVocab
     from tts.tiny import tiny_assets

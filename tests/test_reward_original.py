@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from grpo.config import FieldError
+from reward.asr.transcript import Transcript
 from reward.combine import combine
 from reward.config import RewardConfig
 from reward.rollout import SpeechRollout, StepContext
-from reward.scorer import score_speech
-from reward.transcribe import Transcript
+from reward.terms import resolve_terms
+from tomlconfig import ConfigError, FieldError, from_dict
 
 ORIGINAL = RewardConfig(preset="original")
 
@@ -18,6 +18,12 @@ ORIGINAL = RewardConfig(preset="original")
 def rollout(text: str, said: str) -> SpeechRollout:
     audio = np.full(32000, 0.1, dtype=np.float32)
     return SpeechRollout(text, "en", audio, 2.0, Transcript(text=said))
+
+
+def score(r: SpeechRollout, cfg: RewardConfig) -> tuple[dict[str, float | None], float, bool]:
+    """The scorer's own path: every active term, then the combination."""
+    values = {name: fn(r, StepContext(cfg)) for name, fn in resolve_terms(cfg).items()}
+    return values, *combine(values, cfg)
 
 
 @pytest.mark.parametrize(
@@ -37,20 +43,21 @@ def rollout(text: str, said: str) -> SpeechRollout:
     ],
 )
 def test_original_reward_by_hand(text: str, said: str, expected: float) -> None:
-    batch = score_speech([rollout(text, said)], StepContext(ORIGINAL))
-    assert batch.rewards[0] == pytest.approx(expected, abs=1e-6)
-    assert not batch.gated[0]
+    values, total, gated = score(rollout(text, said), ORIGINAL)
+    assert set(values) == {"wer_original", "hangup_original"}
+    assert total == pytest.approx(expected, abs=1e-6)
+    assert not gated
 
 
 def test_original_preset_fixes_its_terms_and_differs_from_the_default() -> None:
     assert ORIGINAL.weights == {"wer_original": 1.0, "hangup_original": 1.0} and ORIGINAL.gates == {}
     r = rollout("The train leaves at 8.", "The train leaves at eight.")
-    default = score_speech([r], StepContext(RewardConfig())).terms[0]["wer"]
+    default = score(r, RewardConfig())[0]["wer"]
     assert default == 1.0  # the project's normalisation spells numbers out
     assert combine({"wer_original": math.exp(-0.2), "hangup_original": 1.0}, ORIGINAL)[0] == pytest.approx(
         (math.exp(-0.2) + 1) / 2
     )
     with pytest.raises(FieldError, match="preset"):
         RewardConfig(preset="original", weights={"wer": 1.0})
-    with pytest.raises(FieldError, match="preset"):
-        RewardConfig(preset="seed")
+    with pytest.raises(ConfigError, match="preset"):
+        from_dict(RewardConfig, {"preset": "seed"})

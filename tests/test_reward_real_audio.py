@@ -9,9 +9,9 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
+from reward.asr.whisper import WhisperTranscriber
 from reward.config import RewardConfig, TranscriberConfig
 from reward.scorer import score_audio
-from reward.transcribe import WhisperTranscriber
 from tests import speech_fixtures as sf
 
 

@@ -8,10 +8,10 @@ import torch
 
 from grpo.rollouts import Rollouts, SampleWriter, Scorer
 from reward.__main__ import main as reward_cli
+from reward.asr.whisper import WhisperTranscriber
 from reward.config import RewardConfig, TranscriberConfig
 from reward.hook import SpeechHook
 from reward.scorer import SpeechScorer, score_audio
-from reward.transcribe import WhisperTranscriber
 from tests import speech_fixtures as sf
 
 

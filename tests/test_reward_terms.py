@@ -1,20 +1,20 @@
 """Pure reward terms, normalisation and combination (no ASR; one espeak clip for the audio-level term)."""
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
-from grpo.config import ConfigError, FieldError, load_config
+from llasa_grpo import recipe
+from reward.asr.transcript import Transcript
 from reward.combine import active_terms, combine
 from reward.config import RewardConfig, TranscriberConfig
 from reward.normalize import error_rate, letters, normalize
 from reward.rate import letters_per_second, reference_rate_band
 from reward.rollout import SpeechRollout, StepContext
-from reward.terms import TERMS, get_term, longest_code_cycle, max_consecutive_repeats
-from reward.transcribe import Transcript
+from reward.terms import TERMS, get_term, longest_code_cycle, max_consecutive_repeats, resolve_terms
 from tests import speech_fixtures as sf
+from tomlconfig import ConfigError, FieldError, from_dict
 
 CTX = StepContext(RewardConfig())
 
@@ -148,26 +148,22 @@ def test_combination_weighted_mean_skips_none_and_gates_scale():
     assert combine({"wer": None, "hangup": None, "token_loop": None}, cfg) == (0.0, False)
 
 
-@dataclass(frozen=True)
-class _Root:
-    reward: RewardConfig = field(default_factory=RewardConfig)
-
-
 def test_registry_and_config_errors_name_the_field(tmp_path):
     assert {"wer", "hangup", "token_loop", "audio_repeat", "speaking_rate", "complete"} <= set(TERMS)
     with pytest.raises(KeyError, match="unknown term 'nope'"):
         get_term("nope")
-    with pytest.raises(ValueError, match="wer_variant"):
-        RewardConfig(wer_variant="per")
+    with pytest.raises(ValueError, match="wer_variant: expected one of 'wer', 'cer'"):
+        from_dict(RewardConfig, {"wer_variant": "per"})  # Literal fields: checked by the loader
     with pytest.raises(ValueError, match="rate_band"):
         RewardConfig(rate_band=(20.0, 10.0))
-    with pytest.raises(ValueError, match="backend"):
-        TranscriberConfig(backend="grpc")
-    # term names and parameters are checked when the config is built, before any model loads
+    with pytest.raises(ValueError, match="backend: expected one of 'whisper', 'http'"):
+        from_dict(TranscriberConfig, {"backend": "grpc"})
+    # term names are checked where they are resolved, naming the field
     with pytest.raises(FieldError, match=r"weights\.speling_rate=1\.0: unknown reward term; known terms: .*wer"):
-        RewardConfig(weights={"wer": 1.0, "speling_rate": 1.0})
+        resolve_terms(RewardConfig(weights={"wer": 1.0, "speling_rate": 1.0}))
     with pytest.raises(FieldError, match=r"gates\.nope"):
-        RewardConfig(gates={"nope": 0.5})
+        resolve_terms(RewardConfig(gates={"nope": 0.5}))
+    assert list(resolve_terms(RewardConfig())) == active_terms(RewardConfig())
     for bad, key in (
         ({"rate_tolerance": 0.0}, "rate_tolerance"),
         ({"repeat_scale_s": -1.0}, "repeat_scale_s"),
@@ -178,10 +174,11 @@ def test_registry_and_config_errors_name_the_field(tmp_path):
         with pytest.raises(FieldError) as e:
             RewardConfig(**bad)
         assert e.value.key == key
+    # ... and the recipe's root config resolves them when it loads, before any model loads
     path = tmp_path / "r.toml"
-    path.write_text("[reward.weights]\nwer = 1.0\nspeking_rate = 1.0\n")
+    path.write_text("[data]\npath = 'x.jsonl'\n[reward.weights]\nwer = 1.0\nspeking_rate = 1.0\n")
     with pytest.raises(ConfigError, match=r"r\.toml: reward\.weights\.speking_rate=1\.0: unknown reward term"):
-        load_config(_Root, path)
+        recipe.load(path)
 
 
 def test_audio_repeat_catches_a_hangup_on_real_speech(tmp_path):

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tts.codec import SAMPLES_PER_CODE, XCodec2Decoder
+from tts.codec import XCodec2Decoder
+from tts.constants import SAMPLES_PER_CODE
 from tts.llasa import SpeechVocab
 from tts.tiny import TINY_CODEC, build_tiny_codec, build_tokenizer, tiny_assets
 
@@ -55,7 +56,7 @@ def test_recipe_prompts_resolve_language_once_and_normalise_ref_text(tmp_path: P
 
     from transformers import AutoTokenizer
 
-    import recipe
+    from llasa_grpo import recipe
     from tts.audio import save_audio
     from tts.llasa import build_prompt_ids
     from tts.reference import ReferenceCodes

@@ -4,6 +4,7 @@ import copy
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -265,7 +266,7 @@ def test_overlap_prefetches_the_next_step_and_resumes_without_skipping_data(tmp_
 
 def test_an_interrupted_overlap_run_releases_its_threads_and_can_train_again(tmp_path):
     """SIGTERM with a prefetch in flight: train() shuts its thread pool down (no idle threads left behind) and a
-    second train() call on the same trainer continues with a fresh pool, from the prefetched prompts."""
+    second train() call on the same trainer continues with fresh threads, from the prefetched prompts."""
     generator = _RecordingGenerator()
     trainer = _trainer(
         tmp_path,
@@ -274,10 +275,10 @@ def test_an_interrupted_overlap_run_releases_its_threads_and_can_train_again(tmp
         generation={"backend": "vllm_server", "overlap": True},
         run={"max_steps": 3, "save_every": 0},
     )
-    pool = trainer._pool
+    before = set(threading.enumerate())
     first = trainer.train()
     assert first.interrupted and first.step == 1
-    for thread in pool._threads:
+    for thread in set(threading.enumerate()) - before:  # the prefetch and scoring workers end with their work
         thread.join(timeout=10)
         assert not thread.is_alive()
     assert trainer.train().step == 3

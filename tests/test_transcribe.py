@@ -9,14 +9,14 @@ import httpx
 import numpy as np
 import pytest
 
-import recipe
-from grpo.config import ConfigError
-from reward.client import HTTPTranscriber, TranscriberUnavailable, encode_audio
+from llasa_grpo import recipe
+from reward.asr.http import HTTPTranscriber, TranscriberUnavailable, encode_audio
+from reward.asr.whisper import WhisperTranscriber, speech_segments
+from reward.asr.whisper_assets import whisper_base_dir
 from reward.config import TranscriberConfig
 from reward.normalize import error_rate
-from reward.transcribe import WhisperTranscriber, make_transcriber, speech_segments
-from reward.whisper_assets import whisper_base_dir
 from tests import speech_fixtures as sf
+from tomlconfig import ConfigError
 
 TEXTS = ("My sister has lived in Boston for two years.", "The little dog likes to play in the big garden.")
 
@@ -73,7 +73,8 @@ def test_service_roundtrip_and_clear_error_when_down(whisper, clips):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        client = make_transcriber(TranscriberConfig(backend="http", url=f"http://127.0.0.1:{port}", timeout_s=60))
+        config = TranscriberConfig(backend="http", url=f"http://127.0.0.1:{port}", timeout_s=60)
+        client = recipe.build_transcriber(config)
         assert isinstance(client, HTTPTranscriber)
         for _ in range(100):
             if server.started:
@@ -133,7 +134,7 @@ def _client(handler, **kw) -> tuple[HTTPTranscriber, list[str]]:
 
 
 def test_client_retries_only_what_did_no_work(monkeypatch):
-    monkeypatch.setattr("reward.client.time.sleep", lambda s: None)
+    monkeypatch.setattr("grpo.http.time.sleep", lambda s: None)
     audio = [np.zeros(160, np.float32)]
     ok = {"transcripts": [{"text": "hallo", "avg_logprob": -0.1, "no_speech_prob": 0.0, "silent": False}]}
 

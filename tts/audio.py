@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tts.codec import SAMPLE_RATE
+from tts.constants import SAMPLE_RATE
 from tts.io import atomic_path
 
 

@@ -34,10 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-SAMPLE_RATE = 16000
-SAMPLES_PER_CODE = 320
-CODES_PER_SECOND = SAMPLE_RATE // SAMPLES_PER_CODE  # 50
-NUM_CODES = 4**8  # 65,536
+from tts.constants import SAMPLES_PER_CODE
 
 DECODER_PREFIXES = ("generator.quantizer.", "generator.backbone.", "generator.head.", "fc_post_a.")
 # File names in a checkpoint folder, in order of preference (HKUSTAudio/xcodec2 ships both).
@@ -255,8 +252,8 @@ class ISTFTHead(nn.Module):
         return self.istft(mag * (torch.cos(phase) + 1j * torch.sin(phase)))
 
 
-class Generator(nn.Module):
-    """Holds the submodules under the checkpoint's ``generator.`` names."""
+class CodecGenerator(nn.Module):
+    """The submodules under the checkpoint's ``generator.`` names (not a ``grpo.rollouts.Generator``)."""
 
     def __init__(self, cfg: XCodec2Config) -> None:
         super().__init__()
@@ -269,7 +266,7 @@ class XCodec2Decoder(nn.Module):
     def __init__(self, config: XCodec2Config | None = None) -> None:
         super().__init__()
         self.config = config or XCodec2Config()
-        self.generator = Generator(self.config)
+        self.generator = CodecGenerator(self.config)
         self.fc_post_a = nn.Linear(self.config.vq_dim, self.config.hidden_dim)
         self.eval()
 

@@ -6,32 +6,32 @@ Plain frozen dataclasses with defaults; the project's one TOML loader fills them
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from tts.llasa import PromptFormat, TextNormalizer
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+DType = Literal["float32", "bfloat16", "float16"]
 
 
-def torch_dtype(name: str, *, key: str) -> torch.dtype:
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise ValueError(f"[tts] {key}={name!r}: expected one of {sorted(_DTYPES)}") from None
+def torch_dtype(name: DType) -> torch.dtype:
+    import torch  # here, so that reading a config (train.py --help) needs no torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     path: str = "HKUSTAudio/Llasa-1B"  # folder or Hugging Face id of the Llasa-style causal LM
-    dtype: str = "bfloat16"
+    dtype: DType = "bfloat16"
     user_template: str = PromptFormat.user_template
     assistant_prefix: str = PromptFormat.assistant_prefix
     stop_token: str = PromptFormat.stop_token
     plain_template: str | None = None  # for tokenizers without a chat template, e.g. "{bos}{user}"
 
     def __post_init__(self) -> None:
-        torch_dtype(self.dtype, key="model.dtype")
         self.prompt_format()  # validates the templates
 
     def prompt_format(self) -> PromptFormat:
@@ -42,7 +42,7 @@ class ModelConfig:
 class CodecConfig:
     path: str = "HKUSTAudio/xcodec2"  # folder with model.safetensors / pytorch_model.bin, or a Hugging Face id
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: DType = "float32"
     batch_size: int = 16
     exact_batches: bool = True  # decode only equal lengths together: waveforms independent of the batch
     # Voice cloning: decode the reference codes and the completion together, then cut the reference's samples
@@ -50,7 +50,6 @@ class CodecConfig:
     decode_with_reference: bool = True
 
     def __post_init__(self) -> None:
-        torch_dtype(self.dtype, key="codec.dtype")
         if self.batch_size < 1:
             raise ValueError(f"[tts] codec.batch_size={self.batch_size}: must be at least 1")
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from tts.constants import NUM_CODES
+
 TEXT_GENERATION_START = "<|TEXT_GENERATION_START|>"
 TEXT_GENERATION_END = "<|TEXT_GENERATION_END|>"
 TEXT_UNDERSTANDING_START = "<|TEXT_UNDERSTANDING_START|>"
@@ -42,7 +44,6 @@ CONTROL_TOKENS = (
     SPEECH_UNDERSTANDING_START,
     SPEECH_UNDERSTANDING_END,
 )
-NUM_CODES = 65536
 # Speech-token and control-token strings: in a text they would tokenise to those tokens.
 _TOKEN_TEXT = re.compile(r"<\|s_\d+\|>|" + "|".join(re.escape(t) for t in CONTROL_TOKENS))
 

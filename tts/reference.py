@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tts.codec import NUM_CODES, SAMPLE_RATE
+from tts.constants import NUM_CODES, SAMPLE_RATE
 from tts.io import atomic_path, cache_root
 
 EncodeFn = Callable[[Path], np.ndarray]  # audio file -> int codes [T]

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 
 from tts.codec import XCodec2Config, XCodec2Decoder
+from tts.constants import NUM_CODES
 from tts.io import cache_root
-from tts.llasa import CONTROL_TOKENS, NUM_CODES, speech_token
+from tts.llasa import CONTROL_TOKENS, speech_token
 
 TINY_VERSION = "v1"  # bump when the tiny assets change, so cached copies are rebuilt
 

@@ -9,15 +9,15 @@ work again behind its lock. Every failure ends in an error that says what to cha
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 import numpy as np
 
+from grpo.http import RetriesExhausted, RetryPolicy, request
+from reward.asr.transcript import Transcript, per_clip_languages
 from reward.config import TranscriberConfig
-from reward.transcribe import Transcript, per_clip_languages
 
 RETRY_STATUS = frozenset({502, 503, 504})
 RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
@@ -40,37 +40,34 @@ class HTTPTranscriber:
         self.config = config
         self.url = config.url.rstrip("/")
         self.client = client or httpx.Client(timeout=config.timeout_s)
+        self.retry = RetryPolicy(
+            tries=config.retries + 1,
+            errors=RETRY_ERRORS,
+            statuses=RETRY_STATUS,
+            backoff=lambda k: min(0.5 * 2 ** (k - 1), 4.0),
+        )
 
     def _request(self, method: str, path: str, payload: dict | None = None, clips: int = 0) -> Any:
         """One call with bounded retries of the failures where the server did no work."""
         where = f"[transcriber] url={self.url}{path}"
-        last = ""
-        for attempt in range(self.config.retries + 1):
-            if attempt:
-                time.sleep(min(0.5 * 2 ** (attempt - 1), 4.0))
-            try:
-                response = self.client.request(method, self.url + path, json=payload)
-            except RETRY_ERRORS as e:
-                last = repr(e)
-                continue
-            except httpx.TimeoutException as e:  # read/write/pool timeout: the server may still be working
-                raise TranscriberUnavailable(
-                    f"{where}: no answer within transcriber.timeout_s={self.config.timeout_s} for {clips} clips "
-                    f"({type(e).__name__}): raise transcriber.timeout_s (a batch takes longer on a busy or slow GPU)"
-                ) from e
-            except httpx.TransportError as e:
-                raise TranscriberUnavailable(f"{where}: {e!r}") from e
-            if response.status_code in RETRY_STATUS:
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
-                continue
-            if response.is_error:  # our request or the server's model failed: retrying cannot help
-                raise TranscriberUnavailable(f"{where}: HTTP {response.status_code}: {response.text[:300]}")
-            return response.json()
-        raise TranscriberUnavailable(
-            f"{where}: no answer after {self.config.retries + 1} tries ({last}); is the service running? Start it "
-            f"with `python -m reward.service --model {self.config.model} --device cuda:1 --port <port>` and set "
-            "transcriber.url, or set transcriber.backend='whisper'"
-        )
+        try:
+            response = request(self.client, method, self.url + path, self.retry, json=payload)
+        except RetriesExhausted as e:
+            raise TranscriberUnavailable(
+                f"{where}: no answer after {self.retry.tries} tries ({e.last}); is the service running? Start it "
+                f"with `python -m reward.service --model {self.config.model} --device cuda:1 --port <port>` and set "
+                "transcriber.url, or set transcriber.backend='whisper'"
+            ) from None
+        except httpx.TimeoutException as e:  # read/write/pool timeout: the server may still be working
+            raise TranscriberUnavailable(
+                f"{where}: no answer within transcriber.timeout_s={self.config.timeout_s} for {clips} clips "
+                f"({type(e).__name__}): raise transcriber.timeout_s (a batch takes longer on a busy or slow GPU)"
+            ) from e
+        except httpx.TransportError as e:
+            raise TranscriberUnavailable(f"{where}: {e!r}") from e
+        if response.is_error:  # our request or the server's model failed: retrying cannot help
+            raise TranscriberUnavailable(f"{where}: HTTP {response.status_code}: {response.text[:300]}")
+        return response.json()
 
     def health(self) -> dict:
         """The service's status and model name (``recipe.check_resources`` calls it before a run starts)."""

@@ -1,9 +1,9 @@
-"""The Llasa GRPO recipe: the root config (one TOML section per concern) and the components built from it.
+"""The Llasa GRPO recipe: the components built from the root config (``llasa_grpo.config``), and the preflight.
 
 ``train.py`` and ``evaluate.py`` share this module, so both read the same TOML and build the same model,
 tokenizer, prompts, generator and scorer:
 
-    cfg = load(path, overrides)          # checked before anything loads
+    cfg = load(path, overrides)          # llasa_grpo.config: checked before anything loads
     check_resources(cfg)                 # model / codec / transcriber / data reachable, else names the key
     parts = build_components(cfg, device)
 """
@@ -14,7 +14,7 @@ import functools
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,23 +22,17 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from grpo.config import (
-    ConfigError,
-    FieldError,
-    GenerationConfig,
-    GRPOConfig,
-    OptimConfig,
-    RunConfig,
-    TrainingConfig,
-    load_config,
-)
 from grpo.decode import FastHFGenerator
 from grpo.generation import HFGenerator
 from grpo.reference import place_reference
 from grpo.rollouts import Generator
 from grpo.trainer import Prompt, autocast_factory
-from reward.config import RewardConfig, TranscriberConfig
-from tts.config import CodecConfig, DataConfig, ModelConfig, ReferenceConfig, torch_dtype
+from llasa_grpo.config import Config
+from llasa_grpo.config import load as load  # recipe.load(path, overrides): the one way to read a run's config
+from reward.asr.transcript import Transcriber
+from reward.config import TranscriberConfig
+from tomlconfig import ConfigError
+from tts.config import CodecConfig, torch_dtype
 
 # Names that resolve to assets the project builds or assembles offline (no hub needed): the random tiny
 # models (tts/tiny.py) and the speaking lab's committed models (lab/assets.py).
@@ -58,32 +52,6 @@ def resolve_asset(name: str) -> str:
 
         return str(asset_path(name))
     return name
-
-
-@dataclass(frozen=True)
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    codec: CodecConfig = field(default_factory=CodecConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    transcriber: TranscriberConfig = field(default_factory=TranscriberConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-    def __post_init__(self) -> None:
-        if not self.data.path:
-            raise FieldError("data.path", self.data.path, "set it to a .jsonl or .csv file of rows with 'text'")
-
-    @property
-    def training(self) -> TrainingConfig:
-        return TrainingConfig(generation=self.generation, grpo=self.grpo, optim=self.optim, run=self.run)
-
-
-def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    return load_config(Config, path, overrides)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -126,7 +94,7 @@ def _unreachable(host: str) -> str | None:
 
 def _service_problem(transcriber: TranscriberConfig) -> str | None:
     """None if the transcription service answers /health, else why not (naming transcriber.url)."""
-    from reward.client import HTTPTranscriber, TranscriberUnavailable
+    from reward.asr.http import HTTPTranscriber, TranscriberUnavailable
 
     try:
         HTTPTranscriber(transcriber).health()
@@ -163,13 +131,11 @@ def check_resources(cfg: Config, source: str = "config") -> None:
 class Components:
     model: nn.Module  # the policy, on its device, float32 master weights unless model.dtype says otherwise
     tokenizer: Any
-    vocab: Any  # tts.llasa.SpeechVocab
     pad_id: int
     prompts: list[Prompt]
     generator: Generator
     scorer: Any  # reward.scorer.SpeechScorer (Scorer + SampleWriter)
     ref_model: nn.Module | None
-    examples: list[Any] = field(default_factory=list)  # tts.data.Example
 
 
 def resolve_paths(cfg: Config) -> tuple[str, str]:
@@ -181,7 +147,7 @@ def load_model(path: str, cfg: Config, device: torch.device) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.model.dtype, key="model.dtype"))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(cfg.model.dtype))
     except OSError as e:
         raise ConfigError(f"model.path={cfg.model.path!r}: cannot load a causal LM from {path}: {e}") from None
     return model.to(device)
@@ -277,6 +243,21 @@ def reference_codes(cfg: Config) -> Any:
 
     folder = resolve_asset(LAB_CODEC)  # its name holds a content hash: a rebuilt codec gets fresh codes
     return ReferenceCodes(Path(folder).name, cfg.reference.cache_dir or None, encoder=file_encoder(folder))
+def padding_id(vocab: Any) -> int:
+    """The id that fills padding: the tokenizer's pad token, else the stop token (any real id works: the masks
+    remove padding)."""
+    return vocab.pad_id if vocab.pad_id is not None else vocab.stop_id
+
+
+def build_transcriber(cfg: TranscriberConfig) -> Transcriber:
+    """The ``[transcriber] backend``: faster-whisper in this process, or the HTTP client of ``reward.service``."""
+    if cfg.backend == "http":
+        from reward.asr.http import HTTPTranscriber
+
+        return HTTPTranscriber(cfg)
+    from reward.asr.whisper import WhisperTranscriber
+
+    return WhisperTranscriber(cfg)
 
 
 def build_scorer(cfg: Config, vocab: Any, examples: Sequence[Any]) -> Any:
@@ -284,7 +265,6 @@ def build_scorer(cfg: Config, vocab: Any, examples: Sequence[Any]) -> Any:
     from reward.hook import SpeechHook
     from reward.rate import reference_rate_band
     from reward.scorer import SpeechScorer
-    from reward.transcribe import make_transcriber
     from tts.codec import XCodec2Decoder
     from tts.data import reference_durations
 
@@ -297,10 +277,8 @@ def build_scorer(cfg: Config, vocab: Any, examples: Sequence[Any]) -> Any:
     references = [(ex.ref_text, example_language(cfg, ex), seconds[path]) for path, ex in first.items()]
     band, _ = reference_rate_band(references, cfg.reward)
     _, codec_path = resolve_paths(cfg)
-    decoder = XCodec2Decoder.from_pretrained(
-        codec_path, device=cfg.codec.device, dtype=torch_dtype(cfg.codec.dtype, key="codec.dtype")
-    )
-    transcriber = make_transcriber(cfg.transcriber)
+    decoder = XCodec2Decoder.from_pretrained(codec_path, device=cfg.codec.device, dtype=torch_dtype(cfg.codec.dtype))
+    transcriber = build_transcriber(cfg.transcriber)
     hook = SpeechHook(vocab, _BatchedDecoder(decoder, cfg.codec), transcriber, cfg.codec.decode_with_reference)
     return SpeechScorer(hook, cfg.reward, rate_band=band)
 
@@ -324,8 +302,9 @@ def build_generator(
         autocast = autocast_factory(device, cfg.run.precision)
         hf = FastHFGenerator if gen.hf_decoder == "loop" else HFGenerator
         return hf(model, gen, pad_id=pad_id, stop_ids=[vocab.stop_id], autocast=autocast)
-    from grpo.engine import Sampling, VLLMEngine, VLLMSettings
+    from grpo.engine import VLLMEngine, VLLMSettings
     from grpo.engine_generation import EngineGenerator, ServerGenerator
+    from grpo.generation import Sampling
 
     # No per-request seed: the engine is seeded once (run.seed), so successive steps sample differently.
     sampling = Sampling.from_config(gen, [vocab.stop_id])
@@ -365,7 +344,7 @@ def build_components(cfg: Config, device: torch.device, *, model_path: str | Non
     path = model_path or resolve_paths(cfg)[0]
     tokenizer = load_tokenizer(path, cfg)
     vocab = SpeechVocab.from_tokenizer(tokenizer, cfg.model.stop_token)
-    pad_id = vocab.pad_id if vocab.pad_id is not None else vocab.stop_id  # any real id: masks remove padding
+    pad_id = padding_id(vocab)
     prompts = build_prompts(cfg, examples, tokenizer, vocab, max_positions=model_max_positions(path))
     model = load_model(path, cfg, device)
     # The KL anchor is the initial policy (also when resuming), loaded once more and frozen; none if β = 0.
@@ -373,13 +352,11 @@ def build_components(cfg: Config, device: torch.device, *, model_path: str | Non
     return Components(
         model=model,
         tokenizer=tokenizer,
-        vocab=vocab,
         pad_id=pad_id,
         prompts=prompts,
         generator=build_generator(cfg, model, vocab, pad_id, device, model_path=path),
         scorer=build_scorer(cfg, vocab, examples),
         ref_model=ref,
-        examples=list(examples),
     )
 
 

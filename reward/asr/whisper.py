@@ -1,4 +1,4 @@
-"""Audio → text, once per step for the whole batch.
+"""Audio → text in process with faster-whisper, once per step for the whole batch.
 
 ``WhisperTranscriber`` runs faster-whisper / CTranslate2 in process. Short clips are batched *across clips*:
 their log-mel features are stacked into one [B, 80, 3000] array and CTranslate2's ``Whisper.generate`` decodes
@@ -16,39 +16,19 @@ no term ever scores a hallucination.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from reward.asr.transcript import Transcript, per_clip_languages
+from reward.asr.whisper_assets import resolve_model
 from reward.config import TranscriberConfig
-from reward.whisper_assets import resolve_model
-from tts.codec import SAMPLE_RATE
+from tts.constants import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
 _WINDOW_SAMPLES = 30 * SAMPLE_RATE
-
-
-@dataclass(frozen=True)
-class Transcript:
-    text: str  # "" when silent
-    avg_logprob: float | None = None
-    no_speech_prob: float | None = None
-    silent: bool = False
-    raw_text: str = ""  # what the model said before the silence gate
-
-
-@runtime_checkable
-class Transcriber(Protocol):
-    def transcribe(self, audios: Sequence[np.ndarray], language: str | Sequence[str]) -> list[Transcript]:
-        """16 kHz float32 mono clips → one transcript each; ``language`` for all clips or one per clip.
-
-        The caller resolves each clip's language (the data row's, else ``transcriber.language``); a
-        transcriber uses what it is given.
-        """
-        ...
 
 
 def rms_dbfs(audio: np.ndarray) -> float:
@@ -57,15 +37,6 @@ def rms_dbfs(audio: np.ndarray) -> float:
         return float("-inf")
     rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
     return 20.0 * np.log10(rms) if rms > 0 else float("-inf")
-
-
-def per_clip_languages(language: str | Sequence[str], n: int) -> list[str]:
-    languages = [language] * n if isinstance(language, str) else list(language)
-    if len(languages) != n:
-        raise ValueError(f"[transcriber] {len(languages)} languages for {n} clips")
-    if not all(languages):
-        raise ValueError("[transcriber] every clip needs a language (auto-detection mislabels short clips)")
-    return languages
 
 
 class WhisperTranscriber:
@@ -188,11 +159,3 @@ def speech_segments(segments: Sequence[Any], threshold: float, logprob_threshold
     avg = float(np.average([s.avg_logprob for s in kept], weights=weights))
     p_ns = float(np.average([s.no_speech_prob for s in kept], weights=weights))
     return Transcript(text=text, avg_logprob=avg, no_speech_prob=p_ns, silent=False, raw_text=raw_text)
-
-
-def make_transcriber(config: TranscriberConfig) -> Transcriber:
-    if config.backend == "http":
-        from reward.client import HTTPTranscriber
-
-        return HTTPTranscriber(config)
-    return WhisperTranscriber(config)

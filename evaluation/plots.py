@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from reward.evaluation import FAILURE_RATES, METRICS, EvalResult, metric_value
+from evaluation.report import FAILURE_RATES, METRICS, EvalResult, metric_value
 from tts.io import atomic_path
 
 _LABELS = {m.name: m.label for m in METRICS}

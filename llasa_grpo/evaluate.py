@@ -1,0 +1,301 @@
+"""Compare checkpoints on one evaluation set, in numbers and pictures.
+
+    python evaluate.py --config tiny.toml --checkpoints base=tiny-llasa grpo=runs/tiny/checkpoint-6 \\
+        --data data/eval_tiny.jsonl --samples 4 --temperatures 0.7,1.0 --out runs/eval_tiny
+
+Every checkpoint answers every text ``--samples`` times at each temperature with the same seeds and the
+config's other sampling parameters (HF generate, as in training). All completions are then decoded once and
+transcribed once through the training hook and scored by the training terms, so the numbers are the ones the
+reward sees. Writes report.md, metrics.json, samples.jsonl, audio/ and PNG plots to ``--out``.
+A checkpoint is a folder ``transformers`` loads (a training checkpoint-N, a downloaded model) or a
+``model.path`` name (a Hugging Face id, or ``tiny-llasa``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tomlconfig import ConfigError
+
+OUTPUT_FILES = ("report.md", "metrics.json", "samples.jsonl")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    spec: str  # as given on the command line
+    path: str  # what from_pretrained loads: a folder or a hub id
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from llasa_grpo.config import keys_help  # reads no model code: --help stays quick
+
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog=keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", required=True, help="the training TOML (model format, codec, transcriber, reward)")
+    p.add_argument(
+        "--checkpoints", nargs="+", required=True, metavar="NAME=PATH", help="the first is the base of differences"
+    )
+    p.add_argument("--data", required=True, help=".jsonl or .csv of texts (same format as training data)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--samples", type=int, default=4, help="samples per text, checkpoint and temperature (>= 2)")
+    p.add_argument("--temperatures", help="comma-separated, e.g. 0.7,1.0 (default: generation.temperature)")
+    p.add_argument("--seed", type=int, default=0, help="generation and bootstrap seed")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N texts (0: all)")
+    p.add_argument(
+        "--normalization", choices=("project", "seedtts"), default="project", help="text normalisation for WER/CER"
+    )
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
+    p.add_argument("--prompts-per-batch", type=int, default=8, help="texts per generate call")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous report in --out")
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args(argv)
+    if args.samples < 2:
+        p.error(f"--samples {args.samples}: use at least 2 (samples of a text form one generation group)")
+    if args.prompts_per_batch < 1 or args.bootstrap < 1:
+        p.error("--prompts-per-batch and --bootstrap must be >= 1")
+    return args
+
+
+def parse_checkpoints(specs: Sequence[str], offline_names: Sequence[str]) -> list[Checkpoint]:
+    """``NAME=PATH`` (or a bare PATH, named by its folder) → checkpoints; a bad one is named in the error."""
+    out: list[Checkpoint] = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec.rstrip("/")).name or spec, spec
+        where = f"--checkpoints {spec}"
+        if not name or not path:
+            raise ConfigError(f"{where}: expected NAME=PATH, e.g. grpo=runs/x/checkpoint-500")
+        if any(c.name == name for c in out):
+            raise ConfigError(f"{where}: the name {name!r} is used twice; give each checkpoint its own NAME=")
+        local = Path(path).expanduser()
+        if path in offline_names:
+            from llasa_grpo import recipe
+
+            out.append(Checkpoint(name, spec, recipe.resolve_asset(path)))
+            continue
+        if local.is_dir():
+            if not (local / "config.json").is_file():
+                runs = sorted(
+                    local.glob("checkpoint-*"),
+                    key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1,
+                )
+                hint = f"; it is a run folder, e.g. use {runs[-1]}" if runs else ""
+                raise ConfigError(f"{where}: {local} has no config.json, so it is not a model folder{hint}")
+        elif local.exists():
+            raise ConfigError(f"{where}: {local} is a file; give the model folder (with config.json)")
+        elif path.startswith((".", "/", "~")) or path.count("/") != 1:
+            raise ConfigError(f"{where}: no such folder {local} (and not a Hugging Face id like 'org/name')")
+        out.append(Checkpoint(name, spec, path))
+    return out
+
+
+def check_resources(cfg: Any, checkpoints: Sequence[Checkpoint], source: str) -> None:
+    """The recipe's preflight (codec, transcriber, data), then each checkpoint that is not a local folder."""
+    from llasa_grpo import recipe
+
+    def with_model(path: str) -> Any:
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=path))
+
+    recipe.check_resources(with_model(recipe.TINY_MODEL), source=source)  # offline names are never checked
+    for ckpt in checkpoints:
+        if not Path(ckpt.path).is_dir():
+            try:
+                recipe.check_resources(with_model(ckpt.path), source=source)
+            except ConfigError as e:
+                raise ConfigError(f"--checkpoints {ckpt.spec}: {e}") from None
+
+
+def parse_temperatures(text: str | None, default: float) -> list[float]:
+    if not text:
+        return [default]
+    try:
+        temps = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--temperatures {text}: expected comma-separated numbers, e.g. 0.7,1.0") from None
+    if not temps or any(t <= 0 for t in temps) or len(set(temps)) != len(temps):
+        raise ConfigError(f"--temperatures {text}: need distinct values > 0")
+    return temps
+
+
+def batch_seed(seed: int, temperature_index: int, batch_index: int) -> int:
+    """The generation seed of one batch of texts: the same for every checkpoint, so samples are paired."""
+    return int(np.random.SeedSequence([seed, temperature_index, batch_index]).generate_state(1)[0])
+
+
+def generate_all(
+    cfg: Any,
+    checkpoints: Sequence[Checkpoint],
+    examples: Sequence[Any],
+    temperatures: Sequence[float],
+    args: argparse.Namespace,
+    device: Any,
+) -> tuple[Any, list[Any]]:
+    """(speech vocab, Rollouts with an ``eval_key`` in each meta row), checkpoint by checkpoint."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from evaluation.report import SampleKey
+    from llasa_grpo import recipe
+    from tts.llasa import SpeechVocab
+
+    per = args.prompts_per_batch
+    batches = [list(range(s, min(s + per, len(examples)))) for s in range(0, len(examples), per)]
+    total = len(checkpoints) * len(temperatures) * len(batches)
+    vocab0, out = None, []
+    with tqdm(total=total, desc="generate", unit="batch", dynamic_ncols=True) as bar:
+        for ckpt in checkpoints:
+            ccfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=ckpt.path))
+            try:
+                tokenizer = recipe.load_tokenizer(ckpt.path, ccfg)
+                vocab = SpeechVocab.from_tokenizer(tokenizer, cfg.model.stop_token)
+                model = recipe.load_model(ckpt.path, ccfg, device).eval()
+            except (ConfigError, ValueError) as e:
+                raise ConfigError(f"--checkpoints {ckpt.spec}: {e}") from None
+            vocab0 = vocab0 or vocab
+            if (vocab.first_id, vocab.stop_id) != (vocab0.first_id, vocab0.stop_id):
+                raise ConfigError(
+                    f"--checkpoints {ckpt.spec}: speech tokens from id {vocab.first_id} (stop {vocab.stop_id}), but "
+                    f"the first checkpoint's from {vocab0.first_id} (stop {vocab0.stop_id}): compare one vocabulary"
+                )
+            prompts = recipe.build_prompts(ccfg, examples, tokenizer, vocab)
+            pad_id = recipe.padding_id(vocab)
+            for ti, tau in enumerate(temperatures):
+                # HF generate whatever [generation] backend training used: it samples from the global torch
+                # RNG, which batch_seed resets, so every checkpoint draws the same random numbers
+                gen = dataclasses.replace(cfg.generation, backend="hf", temperature=tau)
+                gcfg = dataclasses.replace(ccfg, generation=gen)
+                generator = recipe.build_generator(gcfg, model, vocab, pad_id, device, model_path=ckpt.path)
+                for bi, rows in enumerate(batches):
+                    bar.set_postfix_str(f"{ckpt.name} τ={tau:g}")
+                    torch.manual_seed(batch_seed(args.seed, ti, bi))
+                    rollouts = generator.generate([prompts[i].ids for i in rows], args.samples)
+                    meta = tuple(
+                        {**prompts[i].meta, "eval_key": SampleKey(ckpt.name, tau, i, k)}
+                        for i in rows
+                        for k in range(args.samples)
+                    )
+                    out.append(dataclasses.replace(rollouts, meta=meta))
+                    bar.update()
+            del model
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return vocab0, out
+
+
+def score_all(
+    cfg: Any, vocab: Any, examples: Sequence[Any], batches: Sequence[Any], out_dir: Path, args: argparse.Namespace
+) -> list[Any]:
+    """Decode and transcribe every completion once (the training hook), measure it, write its WAV."""
+    from tqdm.auto import tqdm
+
+    from evaluation.report import sample_record
+    from llasa_grpo import recipe
+    from tts.audio import save_audio
+    from tts.constants import SAMPLE_RATE
+
+    speaker = any(ex.ref_audio for ex in examples)
+    if speaker and importlib.util.find_spec("resemblyzer") is None:
+        print("[eval] speaker similarity skipped: resemblyzer is not installed (pip install .[speaker])")
+        speaker = False
+    scorer = recipe.build_scorer(cfg, vocab, examples)  # decoder + transcriber + terms, as in training
+    records = []
+    with tqdm(total=sum(len(b) for b in batches), desc="decode+transcribe", unit="clip", dynamic_ncols=True) as bar:
+        for rollouts in batches:
+            scored = scorer.judge(rollouts)  # one batched decode, one transcriber call, every term
+            for s, meta in zip(scored, rollouts.meta, strict=True):
+                key = meta["eval_key"]
+                rel = f"audio/{key.checkpoint}/t{key.temperature:g}/{key.text_index:04d}_{key.sample_index}.wav"
+                save_audio(out_dir / rel, s.speech.audio, SAMPLE_RATE)
+                records.append(
+                    sample_record(
+                        s.speech,
+                        s.terms,
+                        s.reward,
+                        key,
+                        scorer.config,
+                        audio_path=rel,
+                        normalization=args.normalization,
+                        speaker=speaker,
+                    )
+                )
+            bar.update(len(scored))
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    from evaluation.plots import write_plots
+    from evaluation.report import analyse, write_outputs
+    from grpo.distributed import resolve_device
+    from llasa_grpo import recipe  # torch/transformers: after argparse so --help is instant
+    from tomlconfig import dump_toml
+    from tts.data import DataError, load_examples
+    from tts.io import write_text
+
+    out_dir = Path(args.out)
+    try:
+        checkpoints = parse_checkpoints(args.checkpoints, recipe.OFFLINE_MODELS)
+        cfg = recipe.load(args.config, [*args.set, f"data.path={json.dumps(args.data)}"])
+        check_resources(cfg, checkpoints, args.config)
+        temperatures = parse_temperatures(args.temperatures, cfg.generation.temperature)
+        if not args.overwrite and any((out_dir / f).exists() for f in OUTPUT_FILES):
+            raise ConfigError(f"--out {out_dir}: holds a previous report; add --overwrite or choose another folder")
+        examples = load_examples(
+            cfg.data.path, max_bad_fraction=cfg.data.max_bad_fraction, check_audio=cfg.data.check_audio
+        )
+        examples = examples[: args.limit] if args.limit > 0 else examples
+        device = resolve_device(cfg.run.device)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        vocab, batches = generate_all(cfg, checkpoints, examples, temperatures, args, device)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "config.resolved.toml", dump_toml(cfg))
+        records = score_all(cfg, vocab, examples, batches, out_dir, args)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    g, t = cfg.generation, cfg.transcriber
+    settings = {
+        "config": args.config,
+        "data": f"{args.data} ({len(examples)} texts)",
+        "generation": f"max_new_tokens {g.max_new_tokens}, top_p {g.top_p}, top_k {g.top_k}, "
+        f"repetition_penalty {g.repetition_penalty}",
+        "transcriber": f"{t.backend} {t.model if t.backend == 'whisper' else t.url}, beam {t.beam_size}",
+        "normalization": args.normalization,
+    }
+    result = analyse(
+        records,
+        {c.name: c.spec.partition("=")[2] or c.spec for c in checkpoints},  # as given: tiny-llasa, runs/…
+        temperatures,
+        args.samples,
+        resamples=args.bootstrap,
+        seed=args.seed,
+        settings=settings,
+    )
+    files = write_outputs(result, out_dir, None if args.no_plots else write_plots)
+    table = files["report"].read_text(encoding="utf-8").split("## Summary\n\n")[1].split("\n\n")[0]
+    print(f"{table}\n[eval] {len(records)} samples in {time.perf_counter() - started:.0f} s: {files['report']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
