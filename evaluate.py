@@ -213,7 +213,7 @@ def score_all(
         print("[eval] speaker similarity skipped: resemblyzer is not installed (pip install .[speaker])")
         speaker = False
     scorer = recipe.build_scorer(cfg, vocab, examples)  # decoder + transcriber + terms, as in training
-    context = StepContext(scorer.config, 0, scorer.rate_band)
+    context = StepContext(scorer.config, 0, scorer.rate_band, scorer.pause_limits)
     records = []
     with tqdm(total=sum(len(b) for b in batches), desc="decode+transcribe", unit="clip", dynamic_ncols=True) as bar:
         for rollouts in batches:

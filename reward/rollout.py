@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reward.config import RewardConfig, check_rate_band
+from reward.rate import PauseLimits
 from reward.transcribe import Transcript
 
 
@@ -32,6 +33,7 @@ class StepContext:
     config: RewardConfig = field(default_factory=RewardConfig)
     step: int = 0
     rate_band: tuple[float, float] | None = None  # from the data (reward.rate.reference_rate_band); else config
+    pause_limits: PauseLimits | None = None  # from the data (reward.rate.reference_pause_limits); else config
 
     def __post_init__(self) -> None:
         if self.rate_band is not None:

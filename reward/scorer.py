@@ -16,9 +16,9 @@ import torch
 from reward.combine import active_terms, combine
 from reward.config import RewardConfig
 from reward.hook import HookTimings, SpeechHook, speech_rollouts_from_audio
-from reward.normalize import error_rate
+from reward.rate import PauseLimits
 from reward.rollout import SpeechRollout, StepContext
-from reward.terms import get_term
+from reward.terms import get_term, rollout_error_rate
 from reward.transcribe import Transcriber
 from tts.codec import SAMPLE_RATE
 
@@ -50,7 +50,7 @@ def score_speech(rollouts: Sequence[SpeechRollout], context: StepContext) -> Sco
         terms.append(values)
         rewards.append(total)
         gated.append(failed)
-        wers.append(error_rate(r.text, r.transcript.text, r.language, "wer"))
+        wers.append(rollout_error_rate(r, "wer"))  # the wer term's own computation when its variant is "wer"
     return ScoredBatch(np.asarray(rewards, dtype=np.float32), terms, gated, wers, time.perf_counter() - start)
 
 
@@ -90,11 +90,16 @@ class SpeechScorer:
     """Implements grpo's ``Scorer`` and ``SampleWriter`` for Llasa speech completions."""
 
     def __init__(
-        self, hook: SpeechHook, config: RewardConfig | None = None, rate_band: tuple[float, float] | None = None
+        self,
+        hook: SpeechHook,
+        config: RewardConfig | None = None,
+        rate_band: tuple[float, float] | None = None,
+        pause_limits: PauseLimits | None = None,
     ) -> None:
         self.hook = hook
         self.config = config or RewardConfig()
         self.rate_band = StepContext(self.config, 0, rate_band).rate_band  # checked now, not at the first step
+        self.pause_limits = pause_limits
         self.step = 0
         self.last: list[SpeechRollout] = []
 
@@ -103,7 +108,7 @@ class SpeechScorer:
 
         timings = HookTimings()
         speech = self.hook(rollouts, timings)
-        batch = score_speech(speech, StepContext(self.config, self.step, self.rate_band))
+        batch = score_speech(speech, StepContext(self.config, self.step, self.rate_band, self.pause_limits))
         self.step += 1
         self.last = speech
         return Scores(
