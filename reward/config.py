@@ -18,7 +18,7 @@ def _default_weights() -> dict[str, float]:
         "token_loop": 0.5,
         "audio_repeat": 0.5,
         "speaking_rate": 1.0,
-        "pauses": 0.5,
+        "pauses": 1.0,
         "complete": 0.5,
     }
 
