@@ -67,7 +67,8 @@ def synthesize(text: str, language: str, directory: Path, name: str) -> np.ndarr
     """espeak-ng → sox → 16 kHz mono int16 WAV; returns float32 samples in [-1, 1]."""
     raw, out = directory / f"{name}.raw.wav", directory / f"{name}.wav"
     subprocess.run(["espeak-ng", "-v", VOICES[language], "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)], check=True)
+    # -R: sox dithers down to 16 bits with a fixed seed, so every build of the corpus is the same samples
+    subprocess.run(["sox", "-R", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)], check=True)
     audio, sr = sf.read(out, dtype="float32")
     assert sr == SAMPLE_RATE
     return audio
@@ -77,7 +78,7 @@ def tempo(audio: np.ndarray, factor: float, directory: Path, name: str) -> np.nd
     """sox ``tempo``: faster speech at the same pitch."""
     src, out = directory / f"{name}.in.wav", directory / f"{name}.tempo.wav"
     sf.write(src, audio, SAMPLE_RATE, subtype="PCM_16")
-    subprocess.run(["sox", str(src), str(out), "tempo", str(factor)], check=True)
+    subprocess.run(["sox", "-R", str(src), str(out), "tempo", str(factor)], check=True)
     return sf.read(out, dtype="float32")[0]
 
 
