@@ -10,13 +10,13 @@ and the references' band divide by the seconds of speech (``reward.audio_feature
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from reward.config import RewardConfig, check_rate_band
 from reward.normalize import letters
+from reward.rollout import PauseLimits
 
 if TYPE_CHECKING:  # audio_features needs the codec's constants; StepContext (which imports this) does not
     from reward.audio_features import SpeechActivity
@@ -46,21 +46,6 @@ def reference_rate_band(
         return check_rate_band((float(lo), float(hi)), where), where
     except ValueError as e:
         raise ValueError(f"{e}; raise reward.rate_min_references above {len(rates)} to use reward.rate_band") from None
-
-
-@dataclass(frozen=True)
-class PauseLimits:
-    """Non-speech a clip may have before the ``pauses`` term counts the rest as excess (seconds; share of the
-    span from the first to the last speech frame)."""
-
-    leading_s: float
-    trailing_s: float
-    longest_s: float
-    share: float
-
-    @classmethod
-    def from_config(cls, config: RewardConfig) -> PauseLimits:
-        return cls(config.pause_leading_s, config.pause_trailing_s, config.pause_longest_s, config.pause_share)
 
 
 def reference_pause_limits(activities: Sequence[SpeechActivity], config: RewardConfig) -> tuple[PauseLimits, str]:

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reward.config import RewardConfig, check_rate_band
-from reward.rate import PauseLimits
 from reward.transcribe import Transcript
 
 
@@ -24,6 +23,21 @@ class SpeechRollout:
     codes: np.ndarray | None = None  # [T] int64 speech codes; None when scoring audio files
     finished: bool | None = None  # ended with end-of-speech; None when unknown
     stray_tokens: int = 0  # non-speech tokens inside the completion
+
+
+@dataclass(frozen=True)
+class PauseLimits:
+    """Non-speech a clip may have before the ``pauses`` term counts the rest as excess (seconds; share of the
+    span from the first to the last speech frame)."""
+
+    leading_s: float
+    trailing_s: float
+    longest_s: float
+    share: float
+
+    @classmethod
+    def from_config(cls, config: RewardConfig) -> PauseLimits:
+        return cls(config.pause_leading_s, config.pause_trailing_s, config.pause_longest_s, config.pause_share)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,7 @@ import torch
 from reward.combine import active_terms, combine
 from reward.config import RewardConfig
 from reward.hook import HookTimings, SpeechHook, speech_rollouts_from_audio
-from reward.rate import PauseLimits
-from reward.rollout import SpeechRollout, StepContext
+from reward.rollout import PauseLimits, SpeechRollout, StepContext
 from reward.terms import get_term, rollout_error_rate
 from reward.transcribe import Transcriber
 from tts.codec import SAMPLE_RATE

@@ -15,8 +15,8 @@ import numpy as np
 
 from reward.audio_features import SpeechActivity, repeated_seconds, speech_activity
 from reward.normalize import error_rate, normalize
-from reward.rate import PauseLimits, letters_per_second
-from reward.rollout import SpeechRollout, StepContext
+from reward.rate import letters_per_second
+from reward.rollout import PauseLimits, SpeechRollout, StepContext
 from tts.codec import CODES_PER_SECOND
 
 RewardTerm = Callable[[SpeechRollout, StepContext], "float | None"]

@@ -12,8 +12,8 @@ from reward.audio_features import repeated_seconds, speech_activity
 from reward.combine import active_terms, combine
 from reward.config import RewardConfig, TranscriberConfig
 from reward.normalize import error_rate, letters, normalize
-from reward.rate import PauseLimits, letters_per_second, reference_pause_limits, reference_rate_band
-from reward.rollout import SpeechRollout, StepContext
+from reward.rate import letters_per_second, reference_pause_limits, reference_rate_band
+from reward.rollout import PauseLimits, SpeechRollout, StepContext
 from reward.scorer import score_speech
 from reward.terms import TERMS, get_term, longest_code_cycle, max_consecutive_repeats
 from reward.transcribe import Transcript
