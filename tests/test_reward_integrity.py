@@ -23,7 +23,10 @@ from tests import speech_fixtures as sf
 # machine (load 15 on 2 cores) took 16 min, past the suite's default 900 s
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 CONFIG = RewardConfig()
-AUDIO_TERMS = ("hangup", "audio_repeat", "pauses", "speaking_rate")
+# Measured from the audio alone, so they may never fire on clean speech. `hangup` reads Whisper's transcript,
+# which on espeak's German now and then repeats a word of a clean clip (1 of 20 clean clips in one of two runs):
+# the text rules are unchanged, their firing on clean clips is reported, not asserted.
+AUDIO_TERMS = ("audio_repeat", "pauses", "speaking_rate")
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,8 @@ def test_no_audio_term_fires_on_clean_speech(scored):
     for lang, sentences in sf.SENTENCES.items():
         for i in range(len(sentences)):
             terms = scored[lang, i, "clean"]["terms"]
-            assert all(terms[t] == 1.0 for t in ("hangup", "audio_repeat", "pauses", "speaking_rate")), terms
+            # measured from the audio alone (hangup reads the transcript: see test_reward_integrity.AUDIO_TERMS)
+            assert all(terms[t] == 1.0 for t in ("audio_repeat", "pauses", "speaking_rate")), terms
 
 
 @pytest.mark.parametrize("variant", ["hangup", "cut", "fast", "silence", "noise"])
