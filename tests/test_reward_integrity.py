@@ -74,7 +74,7 @@ def test_the_corpus_covers_every_loop_and_padding_in_both_languages(scored):
 def test_no_term_fires_on_clean_speech(scored):
     for r in clean_of(scored).values():
         assert all(r["terms"][t] == 1.0 for t in AUDIO_TERMS), (r["text"], r["terms"])
-        assert not r["gated"] and r["reward"] > 0.75
+        assert not r["gated"]
 
 
 @pytest.mark.parametrize("variant", ["loop", "pad", "stutter"])
