@@ -243,6 +243,8 @@ def reference_codes(cfg: Config) -> Any:
 
     folder = resolve_asset(LAB_CODEC)  # its name holds a content hash: a rebuilt codec gets fresh codes
     return ReferenceCodes(Path(folder).name, cfg.reference.cache_dir or None, encoder=file_encoder(folder))
+
+
 def padding_id(vocab: Any) -> int:
     """The id that fills padding: the tokenizer's pad token, else the stop token (any real id works: the masks
     remove padding)."""
@@ -262,25 +264,33 @@ def build_transcriber(cfg: TranscriberConfig) -> Transcriber:
 
 def build_scorer(cfg: Config, vocab: Any, examples: Sequence[Any]) -> Any:
     """Decoder + transcriber + reward terms (``reward.scorer.SpeechScorer``)."""
+    from reward.audio_features import speech_activity
     from reward.hook import SpeechHook
-    from reward.rate import reference_rate_band
+    from reward.rate import reference_pause_limits, reference_rate_band
     from reward.scorer import SpeechScorer
+    from tts.audio import load_audio
     from tts.codec import XCodec2Decoder
     from tts.data import reference_durations
 
-    # the speaking-rate band: from the data's reference clips (enough of them), in the term's own unit
-    seconds = reference_durations(examples)
+    # the speaking-rate band and the pause allowances: from the data's reference clips (enough of them), measured
+    # as the terms measure a rollout (letters per second of speech, the same pause detector)
+    reference_durations(examples)  # every reference file readable and not empty, else the data line is named
     first: dict[str, Any] = {}  # each reference clip once, with the first row that uses it
     for ex in examples:
         if ex.ref_audio and ex.ref_text:
             first.setdefault(ex.ref_audio, ex)
-    references = [(ex.ref_text, example_language(cfg, ex), seconds[path]) for path, ex in first.items()]
+    activity = {
+        path: speech_activity(load_audio(path), cfg.reward.pause_below_peak_db, cfg.reward.pause_min_s)
+        for path in first
+    }
+    references = [(ex.ref_text, example_language(cfg, ex), activity[path].speech_s) for path, ex in first.items()]
     band, _ = reference_rate_band(references, cfg.reward)
+    pauses, _ = reference_pause_limits(list(activity.values()), cfg.reward)
     _, codec_path = resolve_paths(cfg)
     decoder = XCodec2Decoder.from_pretrained(codec_path, device=cfg.codec.device, dtype=torch_dtype(cfg.codec.dtype))
     transcriber = build_transcriber(cfg.transcriber)
     hook = SpeechHook(vocab, _BatchedDecoder(decoder, cfg.codec), transcriber, cfg.codec.decode_with_reference)
-    return SpeechScorer(hook, cfg.reward, rate_band=band)
+    return SpeechScorer(hook, cfg.reward, rate_band=band, pause_limits=pauses)
 
 
 class _BatchedDecoder:

@@ -17,7 +17,15 @@ SILENCE_DBFS = -50.0
 
 
 def _default_weights() -> dict[str, float]:
-    return {"wer": 1.0, "hangup": 0.5, "token_loop": 0.5, "audio_repeat": 0.5, "speaking_rate": 1.0, "complete": 0.5}
+    return {
+        "wer": 1.0,
+        "hangup": 0.5,
+        "token_loop": 0.5,
+        "audio_repeat": 0.5,
+        "speaking_rate": 1.0,
+        "pauses": 1.0,
+        "complete": 0.5,
+    }
 
 
 def _default_gates() -> dict[str, float]:
@@ -65,18 +73,38 @@ class RewardConfig:
     loop_max_period: int = 8
     loop_min_repeats: int = 6
     loop_min_s: float = 0.4  # and at least this long (50 codes/s): a short constant pause is not a loop
-    # speaking_rate: letters (no spaces/punctuation, numbers spelled out) per second of audio. The band is the
+    # speaking_rate: letters (no spaces/punctuation, numbers spelled out) per second of speech (the clip less its
+    # leading, trailing and internal pauses, see pauses below, so padding cannot fake a slow rate). The band is the
     # 5th-95th percentile of the data's reference clips when there are at least rate_min_references of them,
     # else rate_band.
-    rate_band: tuple[float, float] = (9.0, 17.0)
+    # (9, 17) letters per second of the whole clip before; speech is ~12 % shorter than the clip (edges, pauses)
+    rate_band: tuple[float, float] = (10.0, 20.0)
     rate_min_references: int = 5
-    rate_tolerance: float = 0.15  # exp(-(log(r/edge)/tol)^2) outside the band
-    # audio_repeat: log-mel frames repeating at a lag of min..max seconds for longer than repeat_min_s.
+    # exp(-(log(r/edge)/tol)^2) outside the band; 0.15 before, when the whole clip (with its silent edges) set the
+    # rate: speech-only rates bring clean and 1.5x-fast speech closer (x1.27 instead of x1.45 apart at the top)
+    rate_tolerance: float = 0.1
+    # audio_repeat: spectral shapes repeating at a lag of min..max seconds, at any loudness above the clip's noise
+    # floor: one run spanning repeat_min_s at one lag (a loop), or repeat_chain_copies copies of one sound of at
+    # least repeat_chain_min_s each, at lags of their own (a word stuttered with gaps of up to ~1 s).
     repeat_min_lag_s: float = 0.03
-    repeat_max_lag_s: float = 0.5
+    repeat_max_lag_s: float = 1.5
     repeat_similarity: float = 0.95
     repeat_min_s: float = 0.3
-    repeat_scale_s: float = 0.5  # score = exp(-s / scale), s = seconds inside repeating runs (each >= repeat_min_s)
+    repeat_chain_min_s: float = 0.15
+    repeat_chain_copies: int = 3
+    repeat_scale_s: float = 0.5  # score = exp(-s / scale), s = seconds inside repeating runs and their repeats
+    # pauses: non-speech is every 10 ms frame more than pause_below_peak_db under the speech level (the 95th
+    # percentile of frame power); inside the speech only stretches of >= pause_min_s count (not stop closures).
+    # Allowed: leading / trailing non-speech, the longest internal pause, and the internal pauses' share of the
+    # speech span; with >= rate_min_references reference clips, the 95th percentile of theirs instead.
+    # score = exp(-excess / pause_scale_s), excess = seconds beyond the allowances, summed.
+    pause_below_peak_db: float = 40.0
+    pause_min_s: float = 0.15
+    pause_leading_s: float = 0.5
+    pause_trailing_s: float = 0.5
+    pause_longest_s: float = 0.8
+    pause_share: float = 0.3
+    pause_scale_s: float = 0.5
 
     def __post_init__(self) -> None:
         if self.preset == "original":
@@ -114,13 +142,24 @@ class RewardConfig:
             "repeat_scale_s": self.repeat_scale_s,
             "repeat_min_s": self.repeat_min_s,
             "repeat_min_lag_s": self.repeat_min_lag_s,
+            "repeat_chain_min_s": self.repeat_chain_min_s,
             "loop_min_s": self.loop_min_s,
+            "pause_below_peak_db": self.pause_below_peak_db,
+            "pause_min_s": self.pause_min_s,
+            "pause_scale_s": self.pause_scale_s,
         }
         for key, value in positive.items():
             if not value > 0:
                 raise FieldError(key, value, "must be > 0")
         if self.repeat_max_lag_s < self.repeat_min_lag_s:
             raise FieldError("repeat_max_lag_s", self.repeat_max_lag_s, "must be >= repeat_min_lag_s")
+        if self.repeat_chain_copies < 3:
+            raise FieldError("repeat_chain_copies", self.repeat_chain_copies, "a chain needs at least 3 copies")
+        for key in ("pause_leading_s", "pause_trailing_s", "pause_longest_s"):
+            if not getattr(self, key) >= 0:
+                raise FieldError(key, getattr(self, key), "must be >= 0 seconds")
+        if not 0 <= self.pause_share < 1:
+            raise FieldError("pause_share", self.pause_share, "must lie in [0, 1)")
         if self.loop_max_period < 1:
             raise FieldError("loop_max_period", self.loop_max_period, "must be >= 1")
         if self.loop_min_repeats < 2:

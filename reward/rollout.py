@@ -26,11 +26,27 @@ class SpeechRollout:
 
 
 @dataclass(frozen=True)
+class PauseLimits:
+    """Non-speech a clip may have before the ``pauses`` term counts the rest as excess (seconds; share of the
+    span from the first to the last speech frame)."""
+
+    leading_s: float
+    trailing_s: float
+    longest_s: float
+    share: float
+
+    @classmethod
+    def from_config(cls, config: RewardConfig) -> PauseLimits:
+        return cls(config.pause_leading_s, config.pause_trailing_s, config.pause_longest_s, config.pause_share)
+
+
+@dataclass(frozen=True)
 class StepContext:
     """Per-step information shared by all terms."""
 
     config: RewardConfig = field(default_factory=RewardConfig)
     rate_band: tuple[float, float] | None = None  # from the data (reward.rate.reference_rate_band); else config
+    pause_limits: PauseLimits | None = None  # from the data (reward.rate.reference_pause_limits); else config
 
     def __post_init__(self) -> None:
         if self.rate_band is not None:

@@ -22,9 +22,8 @@ from reward.asr.transcript import Transcriber
 from reward.combine import combine
 from reward.config import RewardConfig
 from reward.hook import HookTimings, Recordings, SpeechHook
-from reward.normalize import error_rate
-from reward.rollout import SpeechRollout, StepContext
-from reward.terms import resolve_terms
+from reward.rollout import PauseLimits, SpeechRollout, StepContext
+from reward.terms import resolve_terms, rollout_error_rate
 from tts.constants import SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -77,13 +76,17 @@ class SpeechScorer:
     """Implements grpo's ``Scorer`` and ``SampleWriter`` for Llasa speech completions."""
 
     def __init__(
-        self, hook: SpeechHook, config: RewardConfig | None = None, rate_band: tuple[float, float] | None = None
+        self,
+        hook: SpeechHook,
+        config: RewardConfig | None = None,
+        rate_band: tuple[float, float] | None = None,
+        pause_limits: PauseLimits | None = None,
     ) -> None:
         self.hook = hook
         self.config = config or RewardConfig()
         self.terms = resolve_terms(self.config)  # an unknown term fails now, not at the first step
-        self.context = StepContext(self.config, rate_band)  # checks the band now
-        self.rate_band = self.context.rate_band
+        self.context = StepContext(self.config, rate_band, pause_limits)  # checks the band now
+        self.rate_band, self.pause_limits = self.context.rate_band, pause_limits
 
     def judge(self, batch: Rollouts | Recordings, timings: HookTimings | None = None) -> list[ScoredSpeech]:
         """Decode (token ids) and transcribe once, evaluate every active term on every completion, combine."""
@@ -97,7 +100,7 @@ class SpeechScorer:
                 if v is not None and not (0.0 <= v <= 1.0 and math.isfinite(v)):
                     raise ValueError(f"[reward] term {n!r} returned {v} for {r.text!r}: terms must lie in [0, 1]")
             total, gated = combine(values, self.config)
-            wer = error_rate(r.text, r.transcript.text, r.language, "wer")
+            wer = rollout_error_rate(r, "wer")  # the wer term's own computation when its variant is "wer"
             out.append(ScoredSpeech(r, values, float(np.float32(total)), gated, wer))
         timings.reward_s += time.perf_counter() - start
         return out

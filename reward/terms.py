@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import numpy as np
 
-from reward.audio_features import repeated_seconds
+from reward.audio_features import SpeechActivity, repeated_seconds, speech_activity
 from reward.combine import active_terms
 from reward.config import RewardConfig
 from reward.normalize import error_rate, normalize
 from reward.rate import letters_per_second
-from reward.rollout import SpeechRollout, StepContext
+from reward.rollout import PauseLimits, SpeechRollout, StepContext
 from tomlconfig import FieldError
 from tts.constants import CODES_PER_SECOND
 
@@ -53,10 +55,35 @@ def resolve_terms(config: RewardConfig) -> dict[str, RewardTerm]:
     return {name: TERMS[name] for name in active_terms(config)}
 
 
+# Measurements several terms (and the scorer's metrics) read, computed once per rollout: the rollout is frozen,
+# so a value never goes stale, and the entry goes away with the rollout.
+_MEMO: weakref.WeakKeyDictionary[SpeechRollout, dict[Hashable, Any]] = weakref.WeakKeyDictionary()
+
+
+def _once(r: SpeechRollout, key: Hashable, compute: Callable[[], Any]) -> Any:
+    memo = _MEMO.setdefault(r, {})
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
+def rollout_error_rate(r: SpeechRollout, variant: str = "wer") -> float:
+    """WER (or CER) of the rollout's transcript against its text; the ``wer`` term and the scorer's ``asr/wer``
+    metric share one computation."""
+    return _once(r, ("error_rate", variant), lambda: error_rate(r.text, r.transcript.text, r.language, variant))
+
+
+def rollout_activity(r: SpeechRollout, ctx: StepContext) -> SpeechActivity:
+    """Where the speech is (``speaking_rate`` and ``pauses`` read the same measurement)."""
+    cfg = ctx.config
+    key = ("activity", cfg.pause_below_peak_db, cfg.pause_min_s)
+    return _once(r, key, lambda: speech_activity(r.audio, cfg.pause_below_peak_db, cfg.pause_min_s))
+
+
 @register("wer")
 def wer(r: SpeechRollout, ctx: StepContext) -> float:
     """exp(−WER) (or exp(−CER) with ``wer_variant='cer'``), as in the original experiment."""
-    return math.exp(-error_rate(r.text, r.transcript.text, r.language, ctx.config.wer_variant))
+    return math.exp(-rollout_error_rate(r, ctx.config.wer_variant))
 
 
 def max_consecutive_repeats(words: list[str], max_n: int = 4) -> int:
@@ -127,20 +154,51 @@ def token_loop(r: SpeechRollout, ctx: StepContext) -> float | None:
 
 @register("audio_repeat")
 def audio_repeat(r: SpeechRollout, ctx: StepContext) -> float:
-    """exp(−s / scale) where s = seconds of audio repeating itself at a fixed lag (hang-up, stutter loop).
+    """exp(−s / scale) where s = seconds of audio repeating itself (``reward.audio_features.repeated_seconds``):
+    a hang-up loop, also in a soft stretch (a fricative, a breath), or a word stuttered with gaps.
 
-    Needs no codes and no ASR: Whisper often transcribes a 100 ms segment looped 20× perfectly."""
+    Needs no codes and no ASR: Whisper often transcribes a 100 ms segment looped 20× perfectly, and writes a
+    stuttered word once."""
     cfg = ctx.config
-    s = repeated_seconds(r.audio, cfg.repeat_min_lag_s, cfg.repeat_max_lag_s, cfg.repeat_similarity, cfg.repeat_min_s)
+    s = repeated_seconds(
+        r.audio,
+        cfg.repeat_min_lag_s,
+        cfg.repeat_max_lag_s,
+        cfg.repeat_similarity,
+        cfg.repeat_min_s,
+        cfg.repeat_chain_min_s,
+        cfg.repeat_chain_copies,
+    )
     return math.exp(-s / cfg.repeat_scale_s)
+
+
+@register("pauses")
+def pauses(r: SpeechRollout, ctx: StepContext) -> float:
+    """exp(−excess / pause_scale_s): seconds of leading, trailing and internal non-speech beyond what the data's
+    reference clips show (``reward.rate.reference_pause_limits``; the config's allowances without references),
+    plus the internal pauses beyond the allowed share of the speech. Silence padding wastes tokens, breaks the
+    prosody, and would otherwise fake a slow speaking rate. No speech at all: 0."""
+    a = rollout_activity(r, ctx)
+    if a.speech_s <= 0:
+        return 0.0
+    lim = ctx.pause_limits or PauseLimits.from_config(ctx.config)
+    span = a.speech_s + a.pause_s
+    excess = (
+        max(0.0, a.leading_s - lim.leading_s)
+        + max(0.0, a.trailing_s - lim.trailing_s)
+        + max(0.0, a.longest_pause_s - lim.longest_s)
+        + max(0.0, a.pause_s - lim.share * span)
+    )
+    return math.exp(-excess / ctx.config.pause_scale_s)
 
 
 @register("speaking_rate")
 def speaking_rate(r: SpeechRollout, ctx: StepContext) -> float:
-    """Letters per second ρ (``reward.rate.letters_per_second``) against the band [lo, hi]:
-    1 inside, exp(−(ln(ρ/edge) / tol)²) outside — too fast (the original exploit) or too slow both lose."""
+    """Letters per second of speech ρ (``reward.rate.letters_per_second`` over ``SpeechActivity.speech_s``: the
+    clip less its pauses) against the band [lo, hi]: 1 inside, exp(−(ln(ρ/edge) / tol)²) outside — too fast
+    (the original exploit) or too slow both lose, and silence padding does not make speech slower."""
     lo, hi = ctx.rate_band or ctx.config.rate_band
-    rate = letters_per_second(r.text, r.language, r.duration_s)
+    rate = letters_per_second(r.text, r.language, rollout_activity(r, ctx).speech_s)
     if rate is None:
         return 0.0
     if lo <= rate <= hi:

@@ -383,8 +383,7 @@ def _recorded_checkpoint(run_dir, cfg) -> Path:
 
 
 def test_resume_prints_and_records_applied_changes_and_refuses_fixed_ones(tmp_path, capsys):
-    from llasa_grpo import train
-    from llasa_grpo import recipe
+    from llasa_grpo import recipe, train
 
     ckpt = _recorded_checkpoint(tmp_path, recipe.load("tiny.toml"))
     changed = recipe.load("tiny.toml", ["optim.lr=0.05", "run.max_steps=9"])

@@ -49,6 +49,14 @@ def test_clean_speech_is_transcribed_well(scored):
         assert all(r["reward"] > 0.75 and not r["gated"] for r in clean)
 
 
+def test_no_audio_term_fires_on_clean_speech(scored):
+    for lang, sentences in sf.SENTENCES.items():
+        for i in range(len(sentences)):
+            terms = scored[lang, i, "clean"]["terms"]
+            # measured from the audio alone (hangup reads the transcript: see test_reward_integrity.AUDIO_TERMS)
+            assert all(terms[t] == 1.0 for t in ("audio_repeat", "pauses", "speaking_rate")), terms
+
+
 @pytest.mark.parametrize("variant", ["hangup", "cut", "fast", "silence", "noise"])
 def test_every_corruption_ranks_strictly_below_clean(scored, variant):
     for clean, bad in pairs(scored, variant):

@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 
 from llasa_grpo import recipe
+from reward import terms as terms_module
 from reward.asr.transcript import Transcript
+from reward.audio_features import repeated_seconds, speech_activity
 from reward.combine import active_terms, combine
 from reward.config import RewardConfig, TranscriberConfig
 from reward.normalize import error_rate, letters, normalize
-from reward.rate import letters_per_second, reference_rate_band
-from reward.rollout import SpeechRollout, StepContext
+from reward.rate import letters_per_second, reference_pause_limits, reference_rate_band
+from reward.rollout import PauseLimits, SpeechRollout, StepContext
+from reward.scorer import SpeechScorer
 from reward.terms import TERMS, get_term, longest_code_cycle, max_consecutive_repeats, resolve_terms
 from tests import speech_fixtures as sf
 from tomlconfig import ConfigError, FieldError, from_dict
@@ -97,10 +100,10 @@ def test_speaking_rate_band():
     term = get_term("speaking_rate")
     text = "Der kleine Hund spielt gern im großen Garten."  # 37 letters
     assert term(rollout(text=text, seconds=37 / 13), CTX) == 1.0
-    too_fast, too_slow = term(rollout(text=text, seconds=37 / 20), CTX), term(rollout(text=text, seconds=37 / 6), CTX)
-    assert too_fast == pytest.approx(math.exp(-((math.log(20 / 17) / 0.15) ** 2)))
+    too_fast, too_slow = term(rollout(text=text, seconds=37 / 24), CTX), term(rollout(text=text, seconds=37 / 6), CTX)
+    assert too_fast == pytest.approx(math.exp(-((math.log(24 / 20) / 0.1) ** 2)), rel=1e-2)
     assert too_slow < 0.1 and too_fast < 0.5
-    assert term(rollout(text=text, seconds=37 / 20), StepContext(RewardConfig(), rate_band=(10, 25))) == 1.0
+    assert term(rollout(text=text, seconds=37 / 24), StepContext(RewardConfig(), rate_band=(10, 25))) == 1.0
     # digits count as the words they are spoken as: "3" is "drei" (4 letters), also in evaluation's rate
     assert letters_per_second("Er hat 3 Bücher.", "de", 1.0) == len("erhatdreibücher")
     r = rollout(text="Er hat 3 Bücher.", seconds=len("erhatdreibücher") / 17)
@@ -189,3 +192,128 @@ def test_audio_repeat_catches_a_hangup_on_real_speech(tmp_path):
     assert term(rollout(audio=sf.hangup(clean)), CTX) < 0.05  # ~2 s of a 100 ms loop
     assert term(rollout(audio=sf.hangup(clean, segment_s=0.04, repeats=50)), CTX) < 0.05
     assert term(rollout(audio=np.zeros_like(clean)), CTX) == 1.0  # silence is not a loop
+
+
+def _speech(*parts: tuple[str, float]) -> np.ndarray:
+    """A clip of ("tone" | "zeros", seconds) parts: a 220 Hz tone at -20 dBFS stands for speech."""
+    out = []
+    for kind, seconds in parts:
+        t = np.arange(round(seconds * 16000)) / 16000
+        out.append(0.14 * np.sin(2 * np.pi * 220 * t) if kind == "tone" else np.zeros_like(t))
+    return np.concatenate(out).astype(np.float32)
+
+
+def test_speaking_rate_is_measured_on_speech_so_padding_cannot_fake_a_slow_rate():
+    term = get_term("speaking_rate")
+    text = "Der kleine Hund spielt gern im großen Garten."  # 37 letters
+    speech = _speech(("tone", 37 / 21))  # 21 letters/s: too fast for the default band (10, 20)
+    fast = term(rollout(text=text, audio=speech), CTX)
+    assert fast < 0.9
+    # 3 s of padding would make the whole clip 7.7 letters/s (slow); the speech is as fast as before
+    for padded in (_speech(("zeros", 3.0)), _speech(("tone", 0.0), ("zeros", 3.0))):
+        audio = np.concatenate([padded, speech]) if len(padded) > 40000 else np.concatenate([speech, padded])
+        assert term(rollout(text=text, audio=audio), CTX) == pytest.approx(fast, abs=0.02)
+
+
+def test_pauses_term_counts_seconds_beyond_the_allowances():
+    term = get_term("pauses")
+    cfg = RewardConfig()  # leading/trailing 0.5 s, longest internal pause 0.8 s, internal share 0.3, scale 0.5 s
+    assert term(rollout(audio=_speech(("zeros", 0.2), ("tone", 2.0), ("zeros", 0.3))), CTX) == 1.0
+    assert term(rollout(audio=_speech(("zeros", 1.5), ("tone", 2.0))), CTX) == pytest.approx(math.exp(-2.0), rel=0.02)
+    assert term(rollout(audio=_speech(("tone", 2.0), ("zeros", 3.5))), CTX) == pytest.approx(math.exp(-6.0), rel=0.02)
+    # a 1.2 s pause inside 2 × 1 s of speech: 0.4 s over the longest allowed, and 1.2 − 0.3 · 3.2 s over the share
+    inside = rollout(audio=_speech(("tone", 1.0), ("zeros", 1.2), ("tone", 1.0)))
+    assert term(inside, CTX) == pytest.approx(math.exp(-(0.4 + 1.2 - cfg.pause_share * 3.2) / 0.5), rel=0.02)
+    # stop closures (shorter than pause_min_s) are part of the speech, not pauses
+    closures = _speech(*[part for _ in range(8) for part in (("tone", 0.2), ("zeros", 0.08))])
+    assert speech_activity(closures, cfg.pause_below_peak_db, cfg.pause_min_s).pause_s == 0.0
+    assert term(rollout(audio=closures), CTX) == 1.0
+    # a faint noise floor (-66 dBFS, 46 dB under the speech) is no speech: it counts like digital zeros
+    noise = (5e-4 * np.random.default_rng(0).standard_normal(16000 * 2)).astype(np.float32)
+    floor = rollout(audio=np.concatenate([_speech(("tone", 2.0)), noise]))
+    assert term(floor, CTX) == pytest.approx(math.exp(-3.0), rel=0.02)
+    # the data's references allow more; no speech at all scores 0
+    loose = StepContext(cfg, pause_limits=PauseLimits(leading_s=2.0, trailing_s=2.0, longest_s=1.5, share=0.5))
+    assert term(rollout(audio=_speech(("zeros", 1.5), ("tone", 2.0))), loose) == 1.0
+    assert term(rollout(audio=np.zeros(32000, np.float32)), CTX) == 0.0
+
+
+def test_pause_limits_come_from_enough_reference_clips():
+    cfg = RewardConfig(rate_min_references=5)
+    clips = [_speech(("zeros", lead), ("tone", 1.5), ("zeros", 0.6), ("tone", 1.0)) for lead in (0.1, 0.2, 0.3)]
+    acts = [speech_activity(c, cfg.pause_below_peak_db, cfg.pause_min_s) for c in clips]
+    assert reference_pause_limits(acts, cfg)[0] == PauseLimits.from_config(cfg)  # 3 < 5 clips
+    limits, where = reference_pause_limits(acts * 2, cfg)
+    assert "6 reference clips" in where
+    assert limits.leading_s == pytest.approx(np.percentile([0.1, 0.2, 0.3] * 2, 95), abs=0.011)
+    assert limits.longest_s == pytest.approx(0.6, abs=0.011) and limits.trailing_s == pytest.approx(0.0, abs=0.011)
+
+
+def test_wer_is_computed_once_per_rollout(monkeypatch):
+    calls = []
+
+    def counting(*args):
+        calls.append(args[-1])
+        return error_rate(*args)
+
+    monkeypatch.setattr(terms_module, "error_rate", counting)
+
+    def judge(speech, config=None):  # the scorer's own path, with the hook's result given
+        return SpeechScorer(lambda _batch, _timings: speech, config).judge(None)
+
+    speech = [rollout(said="der zug fährt"), rollout(said="der zug fährt um acht uhr ab")]
+    scored = judge(speech)
+    assert calls == ["wer", "wer"]  # the wer term and the asr/wer metric share one computation
+    assert scored[0].wer == pytest.approx(4 / 7) and scored[0].terms["wer"] == pytest.approx(math.exp(-4 / 7))
+    calls.clear()
+    judge([rollout(said="der zug fährt")], RewardConfig(wer_variant="cer"))
+    assert sorted(calls) == ["cer", "wer"]  # two different measures, each once
+
+
+def test_repetition_finds_soft_loops_and_stutters_and_spares_long_steady_words(tmp_path):
+    sf.require_speech_tools()
+    cfg = RewardConfig()
+
+    def seconds(audio):
+        return repeated_seconds(
+            audio,
+            cfg.repeat_min_lag_s,
+            cfg.repeat_max_lag_s,
+            cfg.repeat_similarity,
+            cfg.repeat_min_s,
+            cfg.repeat_chain_min_s,
+            cfg.repeat_chain_copies,
+        )
+
+    clean = sf.synthesize("Sieben Schwäne schwimmen still über das Wasser.", "de", tmp_path, "s")
+    steady = sf.synthesize("Hmm, die Donaudampfschifffahrtsgesellschaft.", "de", tmp_path, "h")
+    assert seconds(clean) == 0.0 and seconds(steady) == 0.0
+    soft = sf.loop(clean, 0.1, "soft", 20)  # the quietest non-silent 100 ms, 20 times: ~2 s
+    assert 1.5 <= seconds(soft) <= 2.2
+    word = sf.synthesize("Sieben", "de", tmp_path, "w")
+    # gaps of different lengths: no single lag repeats the whole stretch
+    stutter = sf.stutter(word, clean, (0.15, 0.4, 0.25))
+    assert seconds(stutter) >= 1.0
+    assert get_term("audio_repeat")(rollout(audio=stutter), CTX) < cfg.gates["audio_repeat"]
+    # silence is no loop, and padding is the pauses term's business
+    assert seconds(np.zeros(32000, np.float32)) == 0.0
+    assert seconds(sf.pad(clean, 3.0, "internal", None)) == 0.0
+
+
+def test_repetition_memory_is_linear_in_duration(tmp_path):
+    """A 10-minute file: the T × T similarity matrix of before needed 14 GB; the band of lags needs ~100 MB."""
+    import tracemalloc
+
+    sf.require_speech_tools()
+    sentences = [sf.synthesize(t, "en", tmp_path, f"m{i}") for i, t in enumerate(sf.SENTENCES["en"])]
+    ten_minutes = np.tile(np.concatenate(sentences), 25)[: 600 * 16000]
+    assert len(ten_minutes) == 600 * 16000  # 38 MB of float32 samples
+    cfg = RewardConfig()
+    tracemalloc.start()
+    try:
+        found = repeated_seconds(ten_minutes, cfg.repeat_min_lag_s, cfg.repeat_max_lag_s, 0.95, 0.3, 0.15)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == 0.0  # the sentences repeat only every ~30 s, far beyond the lags searched
+    assert peak < 400e6, f"peak {peak / 1e6:.0f} MB"
