@@ -13,8 +13,8 @@ from itertools import product
 
 import numpy as np
 import pytest
-from reward.asr.whisper import WhisperTranscriber
 
+from reward.asr.whisper import WhisperTranscriber
 from reward.config import RewardConfig, TranscriberConfig
 from reward.scorer import score_audio
 from tests import speech_fixtures as sf
