@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 # Every install is constrained so that no package can replace the torch installed first.
 CPIP := $(PIP) install -c constraints.txt
 
-.PHONY: install test lint demo bench clean system-deps
+.PHONY: install test lint demo lab bench clean system-deps
 
 # Debian packages the tests use for real speech (espeak-ng, sox) and audio I/O (libsndfile).
 system-deps:
@@ -44,6 +44,11 @@ lint: install
 # Offline GRPO run: tiny Llasa-layout model + tiny X-Codec2 (built on first use) + the real Whisper base.
 demo: install
 	$(BIN)/python train.py --config tiny.toml --overwrite
+
+# Rebuild the speaking lab's models from espeak-ng speech (long: see the README), then copy them into the repo.
+lab: install
+	$(BIN)/python -m lab build --out runs/lab-build
+	$(BIN)/python -m lab pack runs/lab-build
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
