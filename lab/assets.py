@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from tts.io import cache_root
+from tts.io import build_folder, cache_root
 
 LAB_MODEL, LAB_CODEC = "lab-llasa", "lab-xcodec2"
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -51,28 +49,13 @@ def asset_path(name: str, cache_dir: Path | None = None) -> Path:
     src = SOURCES[name]
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"[lab] {src}: the committed {name} files are missing (python -m lab build, then pack)")
-    target = (cache_dir or cache_root() / "lab") / f"{name}-{_digest(src)}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+
+    def unpack(tmp: Path) -> None:
         for f in src.iterdir():
             if f.name.endswith(".gz"):
                 with gzip.open(f, "rb") as fin, open(tmp / f.name[:-3], "wb") as fout:
                     shutil.copyfileobj(fin, fout)
             else:
                 shutil.copy2(f, tmp / f.name)  # a copy: the cache must outlive this checkout
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process won the race
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
-
-def resolve(name: str) -> str:
-    """``name`` itself unless it is a lab asset name."""
-    return str(asset_path(name)) if name in SOURCES else name
+    return build_folder((cache_dir or cache_root() / "lab") / f"{name}-{_digest(src)}", unpack)

@@ -173,7 +173,7 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
                 )
             ),
         )
-    summary["seconds_total"] = round(sum(v for k, v in times.items()), 1)
+    summary["seconds_total"] = round(sum(times.values()), 1)
     _write_json(summary_path, summary)
     return summary
 

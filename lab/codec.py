@@ -19,7 +19,6 @@ under ``lab_encoder.*`` and its sizes under ``config.json["lab_encoder"]`` (``La
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from grpo.trainer import lr_lambda
 from tts.codec import CONFIG_FILE, WEIGHT_FILES, XCodec2Config, XCodec2Decoder
 from tts.constants import SAMPLE_RATE, SAMPLES_PER_CODE
 
@@ -112,9 +112,6 @@ class LabEncoder(nn.Module):
         """wav [B, n] -> codes [B, n // 320] (int64)."""
         digits = fsq_digits(self(wav))
         return (digits.long() * (4 ** torch.arange(digits.shape[-1], device=digits.device))).sum(-1)
-
-    def __call__(self, wav: Tensor) -> Tensor:  # typed nn.Module call
-        return super().__call__(wav)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str]) -> LabEncoder:
@@ -225,18 +222,14 @@ def train_codec(
     loss_fn = ReconstructionLoss()
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.8, 0.99), weight_decay=0.0)
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * p))
+    schedule = lr_lambda(cfg.steps, cfg.warmup, "cosine", cfg.min_lr / cfg.lr)  # the trainer's warm-up + cosine
 
     log: list[dict[str, float]] = []
     t0, running = time.time(), 0.0
     bar = tqdm(range(cfg.steps), desc="[lab] codec" if init is None else "[lab] decoder", unit="step")
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = cfg.lr * schedule(step)
         target = random_crops(wavs, cfg.batch, cfg.crop_frames * SAMPLES_PER_CODE, rng)
         pred = decode_digits(decoder, fsq_digits(encoder(target)))
         loss = loss_fn(pred, target)

@@ -17,7 +17,6 @@ import json
 import random
 import shutil
 import subprocess
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -202,7 +201,3 @@ def read_manifest(corpus_dir: Path) -> list[Utterance]:
     if not path.is_file():
         raise FileNotFoundError(f"[lab] {path}: no corpus manifest (run the corpus stage first)")
     return [Utterance(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-
-
-def iter_split(utts: list[Utterance], split: str, *, lm: bool | None = None) -> Iterator[Utterance]:
-    return (u for u in utts if u.split == split and (lm is None or u.lm == lm))

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from grpo.trainer import lr_lambda
 from tts.llasa import NUM_CODES, PromptFormat, SpeechVocab, build_prompt_ids
 
 DIGITS, LEVELS = 8, 4
@@ -230,17 +231,13 @@ def train_lm(
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * p))
+    schedule = lr_lambda(cfg.steps, cfg.warmup, "cosine", cfg.min_lr / cfg.lr)  # the trainer's warm-up + cosine
 
     log, running, t0 = [], 0.0, time.time()
     bar = tqdm(range(cfg.steps), desc="[lab] sft", unit="step")
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = cfg.lr * schedule(step)
         cloning = rng.random() < cfg.clone_fraction
         batch = []
         for _ in range(cfg.batch):

@@ -8,8 +8,9 @@ new one, never half of one.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,6 +36,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def build_folder(target: str | os.PathLike[str], build: Callable[[Path], object], *, mode: int | None = None) -> Path:
+    """Build a folder once: ``build(tmp)`` fills a temporary sibling of ``target``, which is then renamed into
+    place. A folder holding ``config.json`` counts as built (returned at once); concurrent builders are safe,
+    the loser's copy is discarded. ``mode``: permissions for the folder (mkdtemp makes it private)."""
+    out = Path(target)
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    if mode is not None:
+        tmp.chmod(mode)
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process won the race
+            if not (out / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

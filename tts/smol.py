@@ -21,13 +21,12 @@ import argparse
 import importlib.util
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
-from tts.io import cache_root
+from tts.io import build_folder, cache_root
 from tts.llasa import CONTROL_TOKENS, NUM_CODES, speech_token
 
 SMOL_VERSION = "v1"  # bump when the assets change, so cached copies are rebuilt
@@ -138,19 +137,7 @@ def smolkartoffel_model(*, gguf: str | os.PathLike[str] | None = None, random: b
         def build(d: Path) -> Path:
             return build_smolkartoffel(d, path)
 
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like the other offline assets
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process won the race
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_folder(target, build, mode=0o755)  # the cache is shared like the other offline assets
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ import torch
 
 from tts.codec import XCodec2Config, XCodec2Decoder
 from tts.constants import NUM_CODES
-from tts.io import cache_root
+from tts.io import build_folder, cache_root
 from tts.llasa import CONTROL_TOKENS, speech_token
 
 TINY_VERSION = "v1"  # bump when the tiny assets change, so cached copies are rebuilt
@@ -137,19 +135,7 @@ def tiny_assets(cache_dir: str | os.PathLike[str] | None = None) -> tuple[Path, 
     root = (Path(cache_dir) if cache_dir is not None else cache_root() / "tiny") / TINY_VERSION
     model_dir, codec_dir = root / "model", root / "codec"
     for target, build in ((model_dir, build_tiny_llasa), (codec_dir, build_tiny_codec)):
-        if (target / "config.json").is_file():
-            continue
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-        try:
-            build(tmp)
-            try:
-                os.rename(tmp, target)
-            except OSError:  # another process won the race
-                if not (target / "config.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        build_folder(target, build)
     return model_dir, codec_dir
 
 
