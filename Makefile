@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 # Every install is constrained so that no package can replace the torch installed first.
 CPIP := $(PIP) install -c constraints.txt
 
-.PHONY: install test lint demo lab bench clean system-deps
+.PHONY: install test lint demo smoke lab bench clean system-deps
 
 # Debian packages the tests use for real speech (espeak-ng, sox) and audio I/O (libsndfile).
 system-deps:
@@ -41,8 +41,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Offline GRPO run: tiny Llasa-layout model + tiny X-Codec2 (built on first use) + the real Whisper base.
+# GRPO on the speaking lab (lab-llasa + lab-xcodec2 + the real Whisper base), offline: prints start vs end.
 demo: install
+	$(BIN)/python train.py --config lab.toml --overwrite
+
+# The fast smoke run: random tiny Llasa-layout model + tiny X-Codec2 (built on first use), ~2 min.
+smoke: install
 	$(BIN)/python train.py --config tiny.toml --overwrite
 
 # Rebuild the speaking lab's models from espeak-ng speech (long: see the README), then copy them into the repo.

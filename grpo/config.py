@@ -154,7 +154,7 @@ class RunConfig:
     seed: int = 0
     save_every: int = 50  # steps between checkpoints (0: only at the end)
     keep_last: int = 3  # checkpoints kept
-    sample_every: int = 10  # steps between written samples (0: never)
+    sample_every: int = 10  # steps between written samples, and at step 1: the starting policy (0: never)
     num_samples: int = 4  # completions written each time
     log_every: int = 1  # steps between metric lines
     device: str = "auto"  # "auto": cuda (this process's local rank) when available, else cpu

@@ -179,7 +179,7 @@ def summarize(rows: list[dict[str, Any]], window: int = 3) -> list[str]:
         vals = [r[key] for r in part if isinstance(r.get(key), (int, float))]
         return sum(vals) / len(vals) if vals else None
 
-    keys = sorted({key for r in rows for key in r if key.startswith(("reward/", "asr/"))})
+    keys = sorted({key for r in rows for key in r if key.startswith(("reward/", "asr/", "speech/"))})
     keys += ["completion/tokens", "completion/finished", "time/step"]
     steps = f"steps {head[0]['step']}–{head[-1]['step']} → {tail[0]['step']}–{tail[-1]['step']}"
     lines = [f"  {'metric':<24} {'start':>9} {'end':>9}   ({steps})"]

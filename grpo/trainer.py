@@ -571,7 +571,8 @@ class GRPOTrainer:
                     if self.step % r.log_every == 0 or self.step == r.max_steps:
                         logger.log(self.step, metrics)
                     bar.update(metrics)
-                    if main and r.sample_every and self.step % r.sample_every == 0:
+                    # step 1 too: its samples are the starting policy's, the "before" to compare with
+                    if main and r.sample_every and (self.step == 1 or self.step % r.sample_every == 0):
                         self._write_samples()
                     interrupted = dist.any_rank(stop.requested)
                     if interrupted or self.step == r.max_steps or (r.save_every and self.step % r.save_every == 0):

@@ -124,7 +124,7 @@ def test_lab_llasa_speaks_its_training_sentences(lab_system) -> None:
     from llasa_grpo import recipe
 
     cfg = recipe.load(REPO / "lab.toml")
-    rows = [json.loads(line) for line in (REPO / cfg.data.path).read_text().splitlines()[:8]]
+    rows = [json.loads(line) for line in (REPO / "data" / "lab_train.jsonl").read_text().splitlines()[:8]]
     out = lab_system.speak(
         rows, temperature=cfg.generation.temperature, max_new_tokens=cfg.generation.max_new_tokens, seed=0
     )

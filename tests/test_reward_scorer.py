@@ -87,6 +87,7 @@ def test_one_transcription_per_step_and_terms_from_codes(tiny, whisper, tmp_path
     for key in ("reward/total", "reward/wer", "reward/token_loop", "asr/wer", "time/decode", "time/transcribe"):
         assert key in scores.metrics
     assert scores.metrics["reward/total"] == pytest.approx(float(scores.rewards.mean()))
+    assert scores.metrics["speech/loop_rate"] == 0.25  # one of the four completions cycles
     scorer.score(rollouts)
     assert counting.calls == [4, 4]
     scorer.write_samples(rollouts, scores, tmp_path / "samples", limit=2)

@@ -169,7 +169,7 @@ def test_sigterm_finishes_the_step_and_checkpoints(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored
     assert result.interrupted and result.step == 3 and scorer.calls == 3
     assert result.checkpoint == tmp_path / "checkpoint-3" and (result.checkpoint / "model.safetensors").is_file()
-    assert scorer.samples == ["step-000002"]
+    assert scorer.samples == ["step-000001", "step-000002"]  # step 1: the starting policy
     assert len(json.loads((tmp_path / "samples" / "step-000002" / "samples.json").read_text())) == 3
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
