@@ -176,7 +176,7 @@ class RunConfig:
 
     # Keys of older configs, with what replaced them (tomlconfig names the replacement instead of "unknown key").
     retired_keys: ClassVar[dict[str, str]] = {
-        "tensorboard": "replaced by run.report_to: report_to = [\"jsonl\", \"tensorboard\"] (or [\"jsonl\"] for off)"
+        "tensorboard": 'replaced by run.report_to: report_to = ["jsonl", "tensorboard"] (or ["jsonl"] for off)'
     }
 
     def __post_init__(self) -> None:

@@ -32,7 +32,7 @@ from grpo.rollouts import Sample
 
 STATE_FILE = "tracking.json"
 # sink -> (module that must be importable, the extra that installs it)
-_REQUIRES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "trackio": ("trackio", "trackio")}
+_REQUIRES = {sink: (sink, sink) for sink in ("tensorboard", "wandb", "trackio")}
 
 
 class TrackingError(ValueError):
@@ -79,9 +79,7 @@ def check_sinks(report_to: Sequence[str]) -> None:
         raise TrackingError("[grpo] " + "; ".join(problems))
 
 
-def open_trackers(
-    report_to: Sequence[str], run: TrackingRun, say: Callable[[str], None] = print
-) -> list[Tracker]:
+def open_trackers(report_to: Sequence[str], run: TrackingRun, say: Callable[[str], None] = print) -> list[Tracker]:
     """The trackers of ``report_to`` ("jsonl" is the metrics file itself: no tracker), each opened on ``run``."""
     check_sinks(report_to)
     state = _read_state(run.run_dir) if run.resume_step is not None else {}

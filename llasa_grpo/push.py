@@ -90,9 +90,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint-N folder (or any model folder)")
     p.add_argument("repo", metavar="REPO", help="Hub repo id, e.g. org/name (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repo private")
-    p.add_argument(
-        "--with-training-state", action="store_true", help="also upload optimizer, scheduler and RNG states"
-    )
+    p.add_argument("--with-training-state", action="store_true", help="also upload optimizer, scheduler and RNG states")
     p.add_argument("--dry-run", action="store_true", help="list the files it would upload and stop")
     return p.parse_args(argv)
 

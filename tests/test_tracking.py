@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from grpo.rollouts import Rollouts, Sample, Scores
-from grpo.trainer import GRPOTrainer
 from grpo.tracking import STATE_FILE, TrackingError, TrackingRun, markdown_table, open_trackers, sample_table
+from grpo.trainer import GRPOTrainer
 from tests.grpo_fixtures import (
     PAD,
     ScriptedGenerator,
@@ -170,7 +170,7 @@ from grpo.tracking import TrackingRun, open_trackers
 from trackio.sqlite_storage import SQLiteStorage
 
 tone = (0.3 * np.sin(np.arange(1600) / 6)).astype(np.float32)
-samples = [Sample({"text": "hallo", "reward": 0.5}, tone, 16000), Sample({"text": "a | b", "reward": 0.25}, tone, 16000)]
+samples = [Sample({"text": t, "reward": r}, tone, 16000) for t, r in (("hallo", 0.5), ("a | b", 0.25))]
 
 run = TrackingRun(Path(sys.argv[1]), "llasa-grpo-test", "run-a", {"x": 1})
 [t] = open_trackers(["jsonl", "trackio"], run)
