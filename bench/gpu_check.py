@@ -106,7 +106,7 @@ def steps(quick: bool, shapes: list[str]) -> dict[str, Any]:
             generation=GenerationConfig(max_new_tokens=new_tokens, temperature=0.9),
             grpo=GRPOConfig(group_size=group, batch_size=prompts * group, micro_batch_size=4, beta=0.04),
             optim=OptimConfig(lr=1e-5, max_grad_norm=0.2),
-            run=RunConfig(output_dir="/tmp/gpu_check_run", precision="bf16", tensorboard=False),
+            run=RunConfig(output_dir="/tmp/gpu_check_run", precision="bf16"),
         )
         g = torch.Generator().manual_seed(0)
         data = [Prompt(ids=tuple(torch.randint(2, vocab, (40,), generator=g).tolist())) for _ in range(8)]

@@ -193,7 +193,7 @@ def main() -> None:
         overrides.append(f"model.path={resolve_model(args.model)}")
     decoders = args.decoders.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = recipe.load(args.config, [*overrides, f"run.output_dir={tmp}", "run.tensorboard=false"])
+        cfg = recipe.load(args.config, [*overrides, f"run.output_dir={tmp}", 'run.report_to=["jsonl"]'])
         recipe.check_resources(cfg, source=args.config)
         device = resolve_device(cfg.run.device)
         t0 = time.perf_counter()

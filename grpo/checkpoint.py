@@ -6,7 +6,8 @@
                                               "fsdp" whole (gathered), keyed by parameter name
         rng-rank<r>.pt                        python / numpy / torch (/ cuda) generator states of each rank
         trainer_state.json                    step, data position, world size
-
+        README.md                             the model card, when the trainer has a card writer (train.py);
+                                              evaluate.py refreshes its evaluation section, so it is not sized
         checkpoint.complete                   written last: step and every file's size (the completeness check)
 
 A checkpoint is written into ``.tmp-checkpoint-<step>`` and renamed when complete, so a crash mid-write never
@@ -49,6 +50,7 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
 MARKER = "checkpoint.complete"
 LOCK_FILE = ".lock"
+CARD_FILE = "README.md"  # documentation, edited in place later (evaluate.py): not in the marker's size list
 
 
 class CheckpointError(ValueError):
@@ -290,12 +292,14 @@ def save_checkpoint(
     tokenizer: Any = None,
     keep_last: int = 3,
     rng: dict[str, Any] | None = None,
+    readme: str | None = None,
 ) -> Path:
     """Write ``checkpoint-<step>`` atomically (collective: every rank calls it; rank 0 writes the shared parts).
 
     An FSDP-sharded model and its optimizer state are gathered whole onto rank 0 first, so the checkpoint is
     the same plain model folder and resumes at any world size. ``rng`` replaces this rank's current generator
-    states (a checkpoint of an earlier moment, e.g. the start of a step that failed).
+    states (a checkpoint of an earlier moment, e.g. the start of a step that failed). ``readme`` (rank 0's
+    counts) is written as the folder's model card, ``README.md``.
     """
     sharded = dist.is_sharded(model)
     weights = dist.full_state_dict(model) if sharded else None  # collective
@@ -319,13 +323,19 @@ def save_checkpoint(
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             info = {"step": step, "world_size": dist.world_size(), "sharded": sharded, **state}
             (tmp / STATE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            if readme is not None:
+                (tmp / CARD_FILE).write_text(readme, encoding="utf-8")
     dist.barrier()
     with _writing(tmp):
         torch.save(rng or rng_state(), tmp / f"rng-rank{dist.rank()}.pt")
     dist.barrier()
     if dist.rank() == 0:
         with _writing(tmp):  # the marker last: only now does the folder count as a checkpoint
-            files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+            files = {
+                str(f.relative_to(tmp)): f.stat().st_size
+                for f in sorted(tmp.rglob("*"))
+                if f.is_file() and f.relative_to(tmp) != Path(CARD_FILE)
+            }
             marker = json.dumps({"step": step, "files": files}, indent=2) + "\n"
             (tmp / MARKER).write_text(marker, encoding="utf-8")
         if final.exists():  # saving a step again (e.g. resumed from it): swap by renames, then delete the old one

@@ -6,7 +6,7 @@ Plain frozen dataclasses; ``tomlconfig`` fills them from TOML and reports a ``Fi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from tomlconfig import FieldError
 
@@ -145,6 +145,10 @@ class OptimConfig:
             raise FieldError("min_lr_ratio", self.min_lr_ratio, "must lie in [0, 1]")
 
 
+# run.report_to's sinks (grpo/tracking.py); "jsonl" is always written, whether listed or not.
+SINKS = ("jsonl", "tensorboard", "wandb", "trackio")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Where the run goes and how often it writes."""
@@ -160,12 +164,29 @@ class RunConfig:
     device: str = "auto"  # "auto": cuda (this process's local rank) when available, else cpu
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the device supports it
     gradient_checkpointing: bool = False
-    tensorboard: bool = True  # also write TensorBoard scalars when `tensorboard` is installed
+    # Where metrics, the sample tables and their audio go: "jsonl" (metrics.jsonl, always written),
+    # "tensorboard", "wandb", "trackio" (each needs its extra: pip install 'llasa-grpo[wandb]')
+    report_to: tuple[str, ...] = ("jsonl",)
+    tracker_project: str = "llasa-grpo"  # the wandb / trackio project
+    run_name: str = ""  # the wandb / trackio run name; "" = the output_dir folder's name
+    push_to_hub: str = ""  # a Hub repo id ("org/name"): train.py pushes the final checkpoint there; "" = off
     # Multi-process (torchrun) training: "replicate" keeps the whole model on every rank; "fsdp" (FSDP2) shards
     # the decoder layers' weights, gradients and optimizer state over the ranks (a single process: no sharding).
     parallel: Literal["replicate", "fsdp"] = "replicate"
 
+    # Keys of older configs, with what replaced them (tomlconfig names the replacement instead of "unknown key").
+    retired_keys: ClassVar[dict[str, str]] = {
+        "tensorboard": 'replaced by run.report_to: report_to = ["jsonl", "tensorboard"] (or ["jsonl"] for off)'
+    }
+
     def __post_init__(self) -> None:
+        unknown = [s for s in self.report_to if s not in SINKS]
+        if unknown or len(set(self.report_to)) != len(self.report_to):
+            what = f"unknown sink {unknown[0]!r}" if unknown else "a sink listed twice"
+            known = ", ".join(map(repr, SINKS))
+            raise FieldError("report_to", list(self.report_to), f"{what}: choose among {known}, each at most once")
+        if self.push_to_hub and self.push_to_hub.count("/") != 1:
+            raise FieldError("push_to_hub", self.push_to_hub, "expected a Hub repo id like 'org/name' ('' = off)")
         if not self.output_dir:
             raise FieldError("output_dir", self.output_dir, "must name a folder")
         for name in ("max_steps", "keep_last", "num_samples", "log_every"):

@@ -1,8 +1,8 @@
-"""A step's numbers and where they go: one JSON line per logged step, TensorBoard scalars if installed, a tqdm bar.
+"""A step's numbers and where they go: one JSON line per logged step, the trackers of ``run.report_to``, a tqdm bar.
 
 ``UpdateStats`` and ``step_metrics`` turn what one step measured into the logged metrics (identical on every
 rank). Only the main process writes. ``metrics.jsonl`` is the source of truth (the end-of-run summary and
-``evaluate.py`` read it back); TensorBoard is a convenience.
+``evaluate.py`` read it back); the trackers (``grpo.tracking``: TensorBoard, W&B, trackio) follow it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from grpo import distributed as dist
 from grpo.advantages import zero_spread_fraction
-from grpo.rollouts import Rollouts
+from grpo.rollouts import Rollouts, Sample
+from grpo.tracking import Tracker
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -97,25 +98,23 @@ def step_metrics(
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True) -> None:
+    """``metrics.jsonl`` (the source of truth) and the trackers of ``run.report_to`` (``grpo.tracking``)."""
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, trackers: Sequence[Tracker] = ()) -> None:
         self.path = Path(run_dir) / METRICS_FILE
         self.enabled = enabled
-        self.tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is an optional extra
-                pass
-            else:
-                self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self.trackers = list(trackers)
 
-    def truncate_after(self, step: int) -> None:
-        """On resume: drop lines of steps after the checkpoint (they will be run again)."""
+    def truncate_after(self, step: int) -> int | None:
+        """On resume: drop lines of steps after the checkpoint (they will be run again); returns the last step
+        the file held before (None if it held none)."""
         if not self.enabled or not self.path.is_file():
-            return
-        rows = self.path.read_text(encoding="utf-8").splitlines()
-        kept = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= step]
+            return None
+        rows = [r for r in self.path.read_text(encoding="utf-8").splitlines() if r.strip()]
+        steps = [int(json.loads(r).get("step", 0)) for r in rows]
+        kept = [r for r, s in zip(rows, steps, strict=True) if s <= step]
         self.path.write_text("".join(r + "\n" for r in kept), encoding="utf-8")
+        return max(steps, default=None)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -123,14 +122,19 @@ class MetricsLogger:
         row = {"step": step, "time": round(time.time(), 3), **{k: _finite(v) for k, v in metrics.items()}}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, step)
+        for t in self.trackers:
+            t.log_metrics(step, metrics)
+
+    def log_samples(self, step: int, samples: Sequence[Sample]) -> None:
+        """The written samples' table and audio to every tracker (the JSONL sink's are the samples/ files)."""
+        if self.enabled and samples:
+            for t in self.trackers:
+                t.log_samples(step, samples)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for t in self.trackers:
+            t.close()
+        self.trackers = []
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -76,8 +77,18 @@ class Scorer(Protocol):
     def score(self, rollouts: Rollouts) -> Scores: ...
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One written sample as the trackers show it: a table row and, for speech, its audio."""
+
+    fields: Mapping[str, str | int | float | bool | None]  # e.g. text, transcript, reward, term/<name>
+    audio: np.ndarray | None = None  # [T] float32 in [-1, 1]
+    sample_rate: int = 0
+
+
 @runtime_checkable
 class SampleWriter(Protocol):
-    """Optional: a scorer that can write human-checkable samples (audio, text) of the last scored step."""
+    """Optional: a scorer that can write human-checkable samples (audio, text) of the last scored step; what it
+    returns also goes to the trackers of ``run.report_to`` (a table per step and the audio)."""
 
-    def write_samples(self, rollouts: Rollouts, scores: Scores, directory: Path, limit: int) -> None: ...
+    def write_samples(self, rollouts: Rollouts, scores: Scores, directory: Path, limit: int) -> Sequence[Sample]: ...

@@ -37,9 +37,10 @@ from grpo.config import TrainingConfig
 from grpo.importance import importance_weights
 from grpo.logprobs import token_logprobs
 from grpo.loss import grpo_loss, loss_normalizer
-from grpo.metrics import MetricsLogger, Progress, UpdateStats, step_metrics
+from grpo.metrics import MetricsLogger, Progress, UpdateStats, read_metrics, step_metrics
 from grpo.overlap import BackgroundScoring, PrefetchingGenerator
-from grpo.rollouts import Generator, Rollouts, SampleWriter, Scorer, Scores
+from grpo.rollouts import Generator, Rollouts, Sample, SampleWriter, Scorer, Scores
+from grpo.tracking import TrackingRun, check_sinks, open_trackers
 
 
 class NonFiniteError(FloatingPointError):
@@ -258,6 +259,7 @@ class GRPOTrainer:
         g, o, r = config.grpo, config.optim, config.run
         if g.beta > 0 and ref_model is None:
             raise ValueError(f"[grpo] grpo.beta={g.beta} needs a reference model (or set grpo.beta = 0)")
+        check_sinks(r.report_to)  # a tracker that is not installed fails now, on every rank, not at train()
         if config.generation.overlap:
             generator = PrefetchingGenerator(generator, upcoming=self._upcoming_prompt_ids)
         self.policy, self.generator, self.scorer, self.prompts = policy, generator, scorer, list(prompts)
@@ -293,8 +295,12 @@ class GRPOTrainer:
         self.step = 0
         self.last_rollouts: Rollouts | None = None  # this rank's latest step, for samples and tests
         self.last_scores: Scores | None = None
-        # Extra JSON-able entries of every checkpoint's trainer state (train.py records the resolved config).
+        # Extra JSON-able entries of every checkpoint's trainer state (train.py records the resolved config, which
+        # the trackers of run.report_to also record; without it they get the training sections).
         self.checkpoint_extra: dict[str, Any] = {}
+        # README.md of every checkpoint: (step, latest metrics) -> text (train.py: llasa_grpo.card); None = none.
+        self.model_card: Callable[[int, Mapping[str, float]], str] | None = None
+        self.last_metrics: dict[str, float] = {}  # the last completed step's (for the model card)
         self.failure_checkpoint: Path | None = None  # written when a step raised (see train())
         self._saved_step: int | None = None
         self._updated_this_step = False
@@ -503,6 +509,7 @@ class GRPOTrainer:
             keep_last=self.cfg.run.keep_last,
             state={"data": dict(data_state or self.data_state), **self.checkpoint_extra},
             rng=rng,
+            readme=self.model_card(self.step, self.last_metrics) if self.model_card and self.dist.is_main else None,
         )
         self._saved_step = self.step
         return path
@@ -547,10 +554,14 @@ class GRPOTrainer:
         else:
             self.generator.sync_weights(self.policy)  # a server may hold another run's weights (hf: no-op)
         start = self.step
-        logger = MetricsLogger(self.run_dir, enabled=main, tensorboard=r.tensorboard)
-        logger.truncate_after(self.step)
+        logger = MetricsLogger(self.run_dir, enabled=main)
+        last_logged = logger.truncate_after(self.step)
         bar = Progress(r.max_steps, self.step, enabled=main)
         say = bar.write if main else (lambda _m: None)
+        if main:
+            rows = read_metrics(self.run_dir)
+            self.last_metrics = {k: v for k, v in rows[-1].items() if k not in ("step", "time")} if rows else {}
+            logger.trackers = open_trackers(r.report_to, self._tracking_run(resume, last_logged), say)
         checkpoint = Path(resume) if resume is not None else None
         self._saved_step = self.step if resume is not None else None
         if resume is not None and main:
@@ -568,12 +579,13 @@ class GRPOTrainer:
                         self._save_after_failure(e, say)
                         raise
                     self.step += 1
+                    self.last_metrics = metrics
                     if self.step % r.log_every == 0 or self.step == r.max_steps:
                         logger.log(self.step, metrics)
                     bar.update(metrics)
                     # step 1 too: its samples are the starting policy's, the "before" to compare with
                     if main and r.sample_every and (self.step == 1 or self.step % r.sample_every == 0):
-                        self._write_samples()
+                        logger.log_samples(self.step, self._write_samples())
                     interrupted = dist.any_rank(stop.requested)
                     if interrupted or self.step == r.max_steps or (r.save_every and self.step % r.save_every == 0):
                         checkpoint = self.save()
@@ -608,10 +620,24 @@ class GRPOTrainer:
             name = type(error).__name__
             say(f"[grpo] step {failed} failed ({name}): saved step {self.step} to {self.failure_checkpoint}")
 
-    def _write_samples(self) -> None:
-        """Audio/text of this rank's latest step, when the scorer can write them (a ``SampleWriter``)."""
+    def _tracking_run(self, resume: str | Path | None, last_logged: int | None) -> TrackingRun:
+        r = self.cfg.run
+        config = self.checkpoint_extra.get("config") or dataclasses.asdict(self.cfg)
+        return TrackingRun(
+            run_dir=self.run_dir,
+            project=r.tracker_project,
+            name=r.run_name or self.run_dir.resolve().name,
+            config=config,
+            resume_step=self.step if resume is not None else None,
+            last_logged=last_logged,
+        )
+
+    def _write_samples(self) -> list[Sample]:
+        """Audio/text of this rank's latest step, when the scorer can write them (a ``SampleWriter``); returns
+        what it wrote, for the trackers."""
         if not isinstance(self.scorer, SampleWriter) or self.last_rollouts is None or self.last_scores is None:
-            return
+            return []
         directory = self.run_dir / "samples" / f"step-{self.step:06d}"
         directory.mkdir(parents=True, exist_ok=True)
-        self.scorer.write_samples(self.last_rollouts, self.last_scores, directory, self.cfg.run.num_samples)
+        written = self.scorer.write_samples(self.last_rollouts, self.last_scores, directory, self.cfg.run.num_samples)
+        return list(written or ())

@@ -294,7 +294,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = write_outputs(result, out_dir, None if args.no_plots else write_plots)
     table = files["report"].read_text(encoding="utf-8").split("## Summary\n\n")[1].split("\n\n")[0]
     print(f"{table}\n[eval] {len(records)} samples in {time.perf_counter() - started:.0f} s: {files['report']}")
+    for path in update_model_cards(checkpoints, table, files["report"], args, len(examples), temperatures):
+        print(f"[eval] model card updated: {path}")
     return 0
+
+
+def update_model_cards(
+    checkpoints: Sequence[Checkpoint],
+    table: str,
+    report: Path,
+    args: argparse.Namespace,
+    n_texts: int,
+    temperatures: Sequence[float],
+) -> list[Path]:
+    """Refresh the evaluation section of each evaluated training checkpoint's model card (README.md)."""
+    import datetime
+
+    from grpo.checkpoint import MARKER
+    from llasa_grpo.card import update_evaluation
+
+    updated = []
+    for ckpt in checkpoints:
+        folder = Path(ckpt.path)
+        if not (folder / MARKER).is_file():  # not a training checkpoint (a base model, a hub id)
+            continue
+        day = datetime.date.today().isoformat()
+        section = (
+            f"`evaluate.py` on {day}: `{args.data}` ({n_texts} texts × {args.samples} samples, temperature "
+            f"{', '.join(f'{t:g}' for t in temperatures)}, seed {args.seed}); this checkpoint is the column "
+            f"**{ckpt.name}**. Full report: `{report}`.\n\n{table}"
+        )
+        if (path := update_evaluation(folder, section)) is not None:
+            updated.append(path)
+    return updated
 
 
 if __name__ == "__main__":

@@ -118,6 +118,17 @@ def check_resources(cfg: Config, source: str = "config") -> None:
         problems.append(_service_problem(cfg.transcriber))
     if not Path(cfg.data.path).expanduser().is_file():
         problems.append(f"data.path={cfg.data.path!r}: no such file (rows of text, language, ref_audio, ref_text)")
+    from grpo.tracking import missing_sinks
+
+    problems += missing_sinks(cfg.run.report_to)
+    if cfg.run.push_to_hub:
+        from huggingface_hub import get_token
+
+        if not get_token():
+            problems.append(
+                f"run.push_to_hub={cfg.run.push_to_hub!r}: no Hugging Face token: run `huggingface-cli login` or set "
+                "HF_TOKEN (a write token), or set run.push_to_hub = ''"
+            )
     problems = [p for p in problems if p]
     if problems:
         raise ConfigError(f"{source}: cannot start:\n  " + "\n  ".join(problems))

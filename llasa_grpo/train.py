@@ -35,6 +35,7 @@ from grpo.checkpoint import (
 )
 from grpo.metrics import METRICS_FILE, read_metrics, summarize
 from grpo.trainer import GRPOTrainer, TrainResult
+from llasa_grpo.card import card_writer
 from tomlconfig import ConfigError, FieldError, dump_toml, to_dict
 
 RESOLVED_CONFIG = "config.resolved.toml"
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             dist_info=info,
         )
         trainer.checkpoint_extra = {"config": to_dict(cfg)}  # what a resume compares against
+        trainer.model_card = card_writer(cfg)  # README.md of every checkpoint
         try:
             result = trainer.train(resume=resume)
         except Exception:
@@ -173,6 +175,26 @@ def main(argv: list[str] | None = None) -> int:
             lock.close()
     if info.is_main:
         print(report(result, args, time.perf_counter() - started))
+        if cfg.run.push_to_hub:
+            return push_final(result, cfg.run.push_to_hub)
+    return 0
+
+
+def push_final(result: TrainResult, repo: str) -> int:
+    """run.push_to_hub: the run's last checkpoint to ``repo`` once the run has reached run.max_steps."""
+    from llasa_grpo.push import push
+
+    if result.interrupted or result.checkpoint is None:
+        where = result.checkpoint or "CHECKPOINT"
+        print(f"[train] not pushed (the run stopped early): push later with: llasa-grpo-push {where} {repo}")
+        return 0
+    try:
+        operations = push(result.checkpoint, repo)
+    except Exception as e:  # the run itself succeeded: say how to retry the upload
+        print(f"error: [train] push of {result.checkpoint} to {repo} failed ({type(e).__name__}: {e}); retry with: "
+              f"llasa-grpo-push {result.checkpoint} {repo}", file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"[train] pushed {result.checkpoint} ({len(operations)} files) to {repo}")
     return 0
 
 

@@ -27,7 +27,7 @@ from reward.terms import resolve_terms, rollout_error_rate
 from tts.constants import SAMPLE_RATE
 
 if TYPE_CHECKING:
-    from grpo.rollouts import Rollouts, Scores
+    from grpo.rollouts import Rollouts, Sample, Scores
 
 
 @dataclass(frozen=True)
@@ -120,16 +120,24 @@ class SpeechScorer:
             details=tuple({**s.details(), "audio": s.speech.audio} for s in scored),
         )
 
-    def write_samples(self, rollouts: Rollouts, scores: Scores, directory: Path, limit: int) -> None:
-        """WAV + JSON (text, transcript, terms, reward) of the first ``limit`` completions of ``scores``."""
+    def write_samples(self, rollouts: Rollouts, scores: Scores, directory: Path, limit: int) -> list[Sample]:
+        """WAV + JSON (text, transcript, terms, reward) of the first ``limit`` completions of ``scores``; returns
+        them as the trackers' table rows (every term a ``term/<name>`` column) with their audio."""
+        from grpo.rollouts import Sample
         from tts.audio import save_audio
         from tts.io import write_text
 
         directory = Path(directory)
+        samples = []
         for i, d in enumerate(scores.details[:limit]):
             save_audio(directory / f"{i:03d}.wav", d["audio"], SAMPLE_RATE)
             shown = {k: v for k, v in d.items() if k != "audio"}
             write_text(directory / f"{i:03d}.json", json.dumps(shown, ensure_ascii=False, indent=1) + "\n")
+            keys = ("text", "transcript", "reward", "wer", "duration_s", "finished", "gated")
+            row = {"sample": i, **{k: shown.get(k) for k in keys}}
+            row.update({f"term/{k}": v for k, v in shown.get("terms", {}).items()})
+            samples.append(Sample(row, np.asarray(d["audio"], dtype=np.float32), SAMPLE_RATE))
+        return samples
 
 
 def score_audio(

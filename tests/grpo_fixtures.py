@@ -103,6 +103,6 @@ def training_config(tmp_path, **sections) -> TrainingConfig:
         generation=GenerationConfig(max_new_tokens=8, temperature=1.0),
         grpo=GRPOConfig(group_size=4, batch_size=8, micro_batch_size=3),
         optim=OptimConfig(lr=1e-2, max_grad_norm=1.0),
-        run=RunConfig(output_dir=str(tmp_path), max_steps=4, save_every=0, sample_every=0, tensorboard=False),
+        run=RunConfig(output_dir=str(tmp_path), max_steps=4, save_every=0, sample_every=0),
     )
     return dataclasses.replace(base, **{k: dataclasses.replace(getattr(base, k), **v) for k, v in sections.items()})

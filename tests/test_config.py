@@ -106,6 +106,11 @@ def test_overrides_parse_toml_literals_and_merge_into_tables(tmp_path):
         ("[inner]\nmode = 'c'\n", r"inner\.mode: expected one of 'a', 'b'"),
         ("[grpo]\nnum_iterations = 5\n[run]\nmax_steps = 2\n", r"c\.toml: run\.max_steps=2: fewer steps"),
         ("grpo = 3\n", r"c\.toml: grpo: expected a table, got int 3"),
+        ("[run]\nreport_to = ['jsonl', 'wandbx']\n", r"run\.report_to=\['jsonl', 'wandbx'\]: unknown sink 'wandbx'"),
+        ("[run]\nreport_to = ['wandb', 'wandb']\n", r"run\.report_to=.*: a sink listed twice: choose among 'jsonl'"),
+        ("[run]\npush_to_hub = 'model'\n", r"run\.push_to_hub='model': expected a Hub repo id like 'org/name'"),
+        # a retired key names what replaced it
+        ("[run]\ntensorboard = true\n", r"c\.toml: run\.tensorboard: no longer a key: replaced by run\.report_to"),
         ("[grpo\n", r"c\.toml: not valid TOML"),
     ],
 )
@@ -120,6 +125,8 @@ def test_bad_overrides_are_named(tmp_path):
         load_config(Root, path, ["grpo.bta=1"])
     with pytest.raises(ConfigError, match=r"--set grpo.beta=-1: grpo.beta=-1.0: must be >= 0"):
         load_config(Root, path, ["grpo.beta=-1"])
+    with pytest.raises(ConfigError, match=r"--set run.tensorboard=false: run.tensorboard is no longer a key: replaced"):
+        load_config(Root, path, ["run.tensorboard=false"])
     with pytest.raises(ConfigError, match=r"expected section.key=value"):
         load_config(Root, path, ["grpo.beta"])
     with pytest.raises(ConfigError, match=r"no such config file"):

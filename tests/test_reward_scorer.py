@@ -90,10 +90,14 @@ def test_one_transcription_per_step_and_terms_from_codes(tiny, whisper, tmp_path
     assert scores.metrics["speech/loop_rate"] == 0.25  # one of the four completions cycles
     scorer.score(rollouts)
     assert counting.calls == [4, 4]
-    scorer.write_samples(rollouts, scores, tmp_path / "samples", limit=2)
+    samples = scorer.write_samples(rollouts, scores, tmp_path / "samples", limit=2)
     written = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert written == ["000.json", "000.wav", "001.json", "001.wav"]
     assert json.loads((tmp_path / "samples" / "001.json").read_text())["terms"]["token_loop"] == 0.0
+    # what the trackers get: one table row per sample (each term a column) and its audio
+    assert [s.fields["sample"] for s in samples] == [0, 1] and samples[1].fields["term/token_loop"] == 0.0
+    assert samples[0].fields["text"] == "Der Zug fährt um acht Uhr ab." and "transcript" in samples[0].fields
+    assert samples[0].sample_rate == 16000 and samples[0].audio.shape == (32000,)
 
 
 def test_audio_scoring_uses_the_same_path_and_leaves_code_terms_out(whisper, tmp_path, capsys):

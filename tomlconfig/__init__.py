@@ -94,6 +94,8 @@ def _set_path(cls: type, tree: dict[str, Any], keys: list[str], value: Any, item
         if dataclasses.is_dataclass(hint):
             hints = _hints(hint)
             if key not in hints:
+                if retired := _retired(hint, key):
+                    raise ConfigError(f"--set {item}: {where} is no longer a key: {retired}")
                 raise ConfigError(f"--set {item}: unknown key {where}{_suggest(key, hints)}")
             hint = hints[key]
         elif _is_mapping(hint):
@@ -117,6 +119,11 @@ def _hints(cls: type) -> dict[str, Any]:
     return {k: v for k, v in typing.get_type_hints(cls).items() if k in names}
 
 
+def _retired(cls: type, key: str) -> str | None:
+    """What replaced a key an older config may still have: a dataclass's ``retired_keys`` ClassVar."""
+    return dict(getattr(cls, "retired_keys", {})).get(key)
+
+
 def _suggest(key: str, known: Mapping[str, Any]) -> str:
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -135,6 +142,8 @@ def _build(cls: type, raw: Any, source: str, path: tuple[str, ...]) -> Any:
     unknown = [k for k in raw if k not in hints]
     if unknown:
         key = ".".join((*path, unknown[0]))
+        if retired := _retired(cls, unknown[0]):
+            raise ConfigError(f"{source}: {key}: no longer a key: {retired}")
         raise ConfigError(f"{source}: {key}: unknown key{_suggest(unknown[0], hints)}")
     kwargs = {k: _convert(hints[k], v, source, (*path, k)) for k, v in raw.items()}
     try:
