@@ -19,6 +19,7 @@ from typing import Any
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from atomicfs import write_text
 from grpo import distributed as dist
 from grpo.advantages import zero_spread_fraction
 from grpo.rollouts import Rollouts
@@ -115,7 +116,7 @@ class MetricsLogger:
             return
         rows = self.path.read_text(encoding="utf-8").splitlines()
         kept = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= step]
-        self.path.write_text("".join(r + "\n" for r in kept), encoding="utf-8")
+        write_text(self.path, "".join(r + "\n" for r in kept))  # atomic: a crash here keeps the old lines
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:

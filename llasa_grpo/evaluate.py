@@ -247,13 +247,13 @@ def score_all(
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     started = time.perf_counter()
+    from atomicfs import write_text
     from evaluation.plots import write_plots
     from evaluation.report import analyse, write_outputs
     from grpo.distributed import resolve_device
     from llasa_grpo import recipe  # torch/transformers: after argparse so --help is instant
     from tomlconfig import dump_toml
     from tts.data import DataError, load_examples
-    from tts.io import write_text
 
     out_dir = Path(args.out)
     try:

@@ -24,6 +24,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from atomicfs import write_text
 from grpo import distributed as dist
 from grpo.checkpoint import (
     LOCK_FILE,
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         parts = recipe.build_components(cfg, info.device)
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / RESOLVED_CONFIG).write_text(dump_toml(cfg), encoding="utf-8")
+            write_text(run_dir / RESOLVED_CONFIG, dump_toml(cfg))
             print(recipe.describe(cfg, parts, info.device, info.world_size), flush=True)
         trainer = GRPOTrainer(
             parts.model,

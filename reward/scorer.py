@@ -119,8 +119,8 @@ class SpeechScorer:
 
     def write_samples(self, rollouts: Rollouts, scores: Scores, directory: Path, limit: int) -> None:
         """WAV + JSON (text, transcript, terms, reward) of the first ``limit`` completions of ``scores``."""
+        from atomicfs import write_text
         from tts.audio import save_audio
-        from tts.io import write_text
 
         directory = Path(directory)
         for i, d in enumerate(scores.details[:limit]):
