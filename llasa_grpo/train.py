@@ -183,7 +183,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             parts.scorer,
             parts.prompts,
             cfg.training,
-            pad_id=parts.pad_id,
             ref_model=parts.ref_model,
             tokenizer=parts.tokenizer,
             dist_info=info,
