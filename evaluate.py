@@ -1,6 +1,6 @@
 """Compare checkpoints on one evaluation set, run from a checkout: ``python evaluate.py --config ... --help``.
 
-The program is ``llasa_grpo.evaluate`` (installed as ``llasa-grpo-evaluate``).
+The program is ``llasa_grpo.evaluate`` (installed: ``llasa-grpo evaluate``).
 """
 
 import sys

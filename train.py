@@ -1,6 +1,6 @@
 """GRPO training of a Llasa-style TTS model, run from a checkout: ``python train.py --config tiny.toml``.
 
-The program is ``llasa_grpo.train`` (installed as ``llasa-grpo-train``); ``--help`` lists its options.
+The program is ``llasa_grpo.train`` (installed: ``llasa-grpo train``); ``--help`` lists its options.
 """
 
 import sys

@@ -116,7 +116,7 @@ def steps(quick: bool, shapes: list[str]) -> dict[str, Any]:
             "loop": FastHFGenerator(model, cfg.generation, pad_id=0, stop_ids=[STOP], autocast=autocast),
             "generate": HFGenerator(model, cfg.generation, pad_id=0, stop_ids=[STOP], autocast=autocast),
         }
-        tr = GRPOTrainer(model, gens["loop"], TokenRangeScorer(vocab // 2), data, cfg, pad_id=0, ref_model=ref)
+        tr = GRPOTrainer(model, gens["loop"], TokenRangeScorer(vocab // 2), data, cfg, ref_model=ref)
         runs: dict[str, list[dict[str, float]]] = {d: [] for d in gens}
         mem: dict[str, int] = {}
         for i in range(2 if quick else 3):  # round 0 warms up

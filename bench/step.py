@@ -212,7 +212,7 @@ def main() -> None:
             return
         tr = GRPOTrainer(
             parts.model, gens[decoders[0]], parts.scorer, parts.prompts, cfg.training,
-            pad_id=parts.pad_id, ref_model=parts.ref_model, tokenizer=parts.tokenizer,
+            ref_model=parts.ref_model, tokenizer=parts.tokenizer,
         )  # fmt: skip
         runs: dict[str, list[dict[str, float]]] = {d: [] for d in decoders}
         peaks = {d: PeakMemory(device) for d in decoders}

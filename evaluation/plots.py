@@ -13,8 +13,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from atomicfs import atomic_path
 from evaluation.report import FAILURE_RATES, METRICS, EvalResult, metric_value
-from tts.io import atomic_path
 
 _LABELS = {m.name: m.label for m in METRICS}
 

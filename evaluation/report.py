@@ -27,12 +27,12 @@ from typing import Any
 import jiwer
 import numpy as np
 
+from atomicfs import write_text
 from reward.config import RewardConfig
 from reward.normalize import error_rate, letters
 from reward.rate import letters_per_second
 from reward.rollout import SpeechRollout, StepContext
 from reward.terms import get_term, is_empty
-from tts.io import write_text
 
 NORMALIZATIONS = ("project", "seedtts")
 ORIGINAL_HANGUP = re.compile(r"(.)\1{5,}")  # the original experiment's hang-up regex on the transcript

@@ -35,14 +35,13 @@ from transformers import StaticCache
 
 from grpo import distributed as dist
 from grpo.config import GenerationConfig
-from grpo.generation import HFGenerator, completion_mask, left_pad
-from grpo.generation import Sampling as SamplingParams
+from grpo.generation import HFGenerator, Sampling, completion_mask, left_pad
 from grpo.rollouts import Rollouts
 
-Sampling = Literal["inverse_cdf", "multinomial"]
+SamplerMethod = Literal["inverse_cdf", "multinomial"]  # how a token is drawn; Sampling is what it is drawn from
 
 
-def processes_beyond_temperature(params: GenerationConfig | SamplingParams) -> bool:
+def processes_beyond_temperature(params: GenerationConfig | Sampling) -> bool:
     """True when the sampled distribution is not just softmax(logits / T): top-k, top-p or a repetition penalty.
 
     Then the trainer's log-probs (temperature only) are not the sampler's, and the loss needs the sampler's
@@ -51,7 +50,7 @@ def processes_beyond_temperature(params: GenerationConfig | SamplingParams) -> b
     return params.top_k > 0 or params.top_p < 1.0 or params.repetition_penalty != 1.0
 
 
-def process_logits(logits: Tensor, params: GenerationConfig | SamplingParams, seen: Tensor | None) -> Tensor:
+def process_logits(logits: Tensor, params: GenerationConfig | Sampling, seen: Tensor | None) -> Tensor:
     """transformers' sampling processors on float32 ``logits`` [n, V], in ``generate``'s order; returns z [n, V].
 
     ``seen`` [n, V] bool marks the tokens the repetition penalty applies to (needed when it is not 1).
@@ -74,7 +73,7 @@ def process_logits(logits: Tensor, params: GenerationConfig | SamplingParams, se
     return z
 
 
-def sample(z: Tensor, method: Sampling = "inverse_cdf") -> tuple[Tensor, Tensor]:
+def sample(z: Tensor, method: SamplerMethod = "inverse_cdf") -> tuple[Tensor, Tensor]:
     """One token per row from softmax(z) [n, V] and its log-prob: (tokens [n] long, logps [n] float32)."""
     m = z.amax(-1, keepdim=True)  # [n, 1]
     if method == "multinomial":  # generate's own draw, same RNG stream
@@ -103,11 +102,11 @@ def decode(
     model: nn.Module,
     ids: Tensor,
     mask: Tensor,
-    params: GenerationConfig | SamplingParams,
+    params: GenerationConfig | Sampling,
     *,
     stop_ids: Sequence[int],
     pad_id: int,
-    sampling: Sampling = "inverse_cdf",
+    sampling: SamplerMethod = "inverse_cdf",
 ) -> Decoded:
     """Sample up to ``params.max_new_tokens`` after left-padded ``ids`` / ``mask`` [n, P] (on the model's device)."""
     n, width = ids.shape
@@ -173,10 +172,10 @@ class FastHFGenerator(HFGenerator):
         pad_id: int,
         stop_ids: Sequence[int],
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-        sampling: Sampling = "inverse_cdf",
+        sampling: SamplerMethod = "inverse_cdf",
     ) -> None:
         super().__init__(model, config, pad_id=pad_id, stop_ids=stop_ids, autocast=autocast)
-        self.sampling_method: Sampling = sampling
+        self.sampling_method: SamplerMethod = sampling
         self.return_logps = processes_beyond_temperature(config)
         self._logps: list[Tensor] = []
 

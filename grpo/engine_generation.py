@@ -24,6 +24,7 @@ import httpx
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from atomicfs import atomic_path
 from grpo import distributed as dist
 from grpo.engine import Engine, Sample, named_weights, samples_to_rollouts
 from grpo.generation import Sampling
@@ -120,15 +121,14 @@ class ServerGenerator:
         self.weights_version += 1
 
     def _upload(self, tensors: dict[str, Tensor], version: int) -> None:
-        """Write the weights to shared memory (temporary name, then rename), let the server load them, delete."""
+        """Write the weights to shared memory (atomically: the server never sees half a file), let the server load
+        them, delete."""
         path = self.shm_dir / f"llasa-grpo-weights-{uuid.uuid4().hex}.safetensors"
-        tmp = path.with_suffix(".tmp")
         try:
-            save_file(_untie(tensors), str(tmp))
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                save_file(_untie(tensors), str(tmp))
             self._call("POST", "/update_weights", json={"path": str(path), "version": version})
         finally:
-            tmp.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
 
     def _call(self, method: str, route: str, **kwargs: Any) -> dict[str, Any]:

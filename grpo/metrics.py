@@ -19,6 +19,7 @@ from typing import Any
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from atomicfs import write_text
 from grpo import distributed as dist
 from grpo.advantages import zero_spread_fraction
 from grpo.rollouts import Rollouts, Sample
@@ -113,7 +114,7 @@ class MetricsLogger:
         rows = [r for r in self.path.read_text(encoding="utf-8").splitlines() if r.strip()]
         steps = [int(json.loads(r).get("step", 0)) for r in rows]
         kept = [r for r, s in zip(rows, steps, strict=True) if s <= step]
-        self.path.write_text("".join(r + "\n" for r in kept), encoding="utf-8")
+        write_text(self.path, "".join(r + "\n" for r in kept))  # atomic: a crash here keeps the old lines
         return max(steps, default=None)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:

@@ -1,6 +1,7 @@
 """Generation server: a vLLM engine on its own GPU, for ``generation.backend = "vllm_server"``.
 
     CUDA_VISIBLE_DEVICES=1 python -m grpo.serve --model SebastianBodza/SmolKartoffel-135M-v0.1 --port 8000
+    (installed: llasa-grpo serve, same options)
 
 Routes: ``GET /health``, ``GET /info`` (model, vocab size, weights version), ``POST /generate`` (token ids in,
 token ids and log-probs out), ``POST /update_weights`` (a safetensors file the trainer wrote to shared memory).
@@ -179,21 +180,35 @@ def warn_if_public(host: str, what: str) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "python -m grpo.serve") -> None:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='The trainer side: [generation] backend = "vllm_server", server_url = "http://127.0.0.1:<port>".',
+    )
     p.add_argument("--model", required=True, help="the trainer's model.path (HF id or folder)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default %(default)s")
+    p.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.9, help="vLLM's share of the GPU (default %(default)s)"
+    )
+    p.add_argument("--dtype", default="bfloat16", help="vLLM weight and activation dtype (default %(default)s)")
+    p.add_argument(
+        "--max-model-len", type=int, default=None, help="vLLM's context limit in tokens (default: the model's)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="the engine's seed; a request may carry its own (default 0)")
     p.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="hf: transformers, for CPU checks")
     p.add_argument(
-        "--weights-dir", default=DEFAULT_WEIGHTS_DIR, help="the only folder /update_weights loads files from"
+        "--weights-dir",
+        default=DEFAULT_WEIGHTS_DIR,
+        help="the only folder /update_weights loads files from (default %(default)s, as the trainer's)",
     )
     p.add_argument(
-        "--max-request-tokens", type=int, default=MAX_REQUEST_TOKENS, help="bound on prompts × n × max_new_tokens"
+        "--max-request-tokens",
+        type=int,
+        default=MAX_REQUEST_TOKENS,
+        help="bound on prompts × n × max_new_tokens of one /generate (default %(default)s)",
     )
     args = p.parse_args(argv)
     import uvicorn

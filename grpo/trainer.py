@@ -236,7 +236,7 @@ class _StopOnSignal:
 class GRPOTrainer:
     """Trains ``policy`` with GRPO on ``prompts`` using ``generator`` for sampling and ``scorer`` for rewards.
 
-    ``pad_id`` must be a real token id (it fills padding; masks remove it). ``ref_model`` is required when
+    Padding is the generator's business (its ``Rollouts`` carry masks). ``ref_model`` is required when
     ``grpo.beta > 0`` and should be the *initial* policy (not a checkpoint's), frozen. ``tokenizer`` is saved
     into every checkpoint so that it is a complete model folder. Under torchrun each process passes the same
     prompts and config; ``dist_info`` says which share of each step's prompts is its own.
@@ -250,7 +250,6 @@ class GRPOTrainer:
         prompts: Sequence[Prompt],
         config: TrainingConfig,
         *,
-        pad_id: int,
         ref_model: nn.Module | None = None,
         tokenizer: Any = None,
         dist_info: dist.DistInfo | None = None,
@@ -265,7 +264,7 @@ class GRPOTrainer:
         self.policy, self.generator, self.scorer, self.prompts = policy, generator, scorer, list(prompts)
         self.scoring = BackgroundScoring(enabled=config.generation.overlap)
         self.ref_model = None if g.beta == 0 else ref_model
-        self.tokenizer, self.pad_id = tokenizer, pad_id
+        self.tokenizer = tokenizer
         self.dist = dist_info or dist.DistInfo(device=next(policy.parameters()).device)
         self.device = next(policy.parameters()).device
         self.run_dir = Path(r.output_dir)

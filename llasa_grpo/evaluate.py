@@ -3,6 +3,8 @@
     python evaluate.py --config tiny.toml --checkpoints base=tiny-llasa grpo=runs/tiny/checkpoint-6 \\
         --data data/eval_tiny.jsonl --samples 4 --temperatures 0.7,1.0 --out runs/eval_tiny
 
+(installed: ``llasa-grpo evaluate``, same options)
+
 Every checkpoint answers every text ``--samples`` times at each temperature with the same seeds and the
 config's other sampling parameters (HF generate, as in training). All completions are then decoded once and
 transcribed once through the training hook and scored by the training terms, so the numbers are the ones the
@@ -39,11 +41,14 @@ class Checkpoint:
     path: str  # what from_pretrained loads: a folder or a hub id
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None, prog: str | None = None) -> argparse.Namespace:
     from llasa_grpo.config import keys_help  # reads no model code: --help stays quick
 
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], epilog=keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog,
+        description=__doc__.split("\n")[0],
+        epilog=keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help="the training TOML (model format, codec, transcriber, reward)")
     p.add_argument(
@@ -239,16 +244,16 @@ def score_all(
     return records
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
     started = time.perf_counter()
+    from atomicfs import write_text
     from evaluation.plots import write_plots
     from evaluation.report import analyse, write_outputs
     from grpo.distributed import resolve_device
     from llasa_grpo import recipe  # torch/transformers: after argparse so --help is instant
     from tomlconfig import dump_toml
     from tts.data import DataError, load_examples
-    from tts.io import write_text
 
     out_dir = Path(args.out)
     try:

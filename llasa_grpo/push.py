@@ -1,6 +1,6 @@
 """Upload a checkpoint folder to the Hugging Face Hub as a model repo.
 
-    python -m llasa_grpo.push runs/small/checkpoint-500 org/smolkartoffel-grpo            # or llasa-grpo-push
+    python -m llasa_grpo.push runs/small/checkpoint-500 org/smolkartoffel-grpo            # or llasa-grpo push
     python -m llasa_grpo.push runs/small/checkpoint-500 org/smolkartoffel-grpo --dry-run  # list, upload nothing
 
 What is uploaded: the model folder (safetensors weights, config.json, tokenizer files) and its model card

@@ -291,7 +291,9 @@ def build_scorer(cfg: Config, vocab: Any, examples: Sequence[Any]) -> Any:
         if ex.ref_audio and ex.ref_text:
             first.setdefault(ex.ref_audio, ex)
     activity = {
-        path: speech_activity(load_audio(path), cfg.reward.pause_below_peak_db, cfg.reward.pause_min_s)
+        path: speech_activity(
+            load_audio(path), cfg.reward.pause_below_peak_db, cfg.reward.pause_min_s, cfg.reward.floor_dbfs
+        )
         for path in first
     }
     references = [(ex.ref_text, example_language(cfg, ex), activity[path].speech_s) for path, ex in first.items()]

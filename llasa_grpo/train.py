@@ -3,7 +3,10 @@
     python train.py --config tiny.toml                       # offline demo on CPU
     python train.py --config small.toml --set grpo.beta=0.0  # override single keys (TOML values)
     python train.py --config small.toml --resume auto        # continue from the newest checkpoint
+    python train.py --config small.toml --print-config       # the resolved config as TOML, then exit
     torchrun --nproc-per-node 2 train.py --config small.toml # data parallel, one process per GPU
+
+Installed, the same program is ``llasa-grpo train``.
 
 Parse the config, check that models and data are reachable, build the components, run the loop, summarise.
 """
@@ -21,6 +24,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from atomicfs import write_text
 from grpo import distributed as dist
 from grpo.checkpoint import (
     LOCK_FILE,
@@ -42,11 +46,14 @@ RESOLVED_CONFIG = "config.resolved.toml"
 RESUME_LOG = "resumes.jsonl"  # one line per resume: the checkpoint and every setting that changed
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
     from llasa_grpo.config import keys_help  # reads no model code: --help stays quick
 
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], epilog=keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog,
+        description=__doc__.split("\n")[0],
+        epilog=keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help="TOML file (see tiny.toml, small.toml)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one key")
@@ -54,7 +61,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--resume", metavar="DIR|auto", help="a checkpoint or run folder, or 'auto': newest in run.output_dir"
     )
     p.add_argument("--overwrite", action="store_true", help="delete run.output_dir's previous run first")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (after --config and --set) as TOML, exit"
+    )
+    args = p.parse_args(argv)
+    args.prog = prog  # the resume hint repeats the command the user ran
+    return args
+
+
+def print_config(args: argparse.Namespace) -> int:
+    """``--print-config``: the config the run would use, as the TOML ``config.resolved.toml`` would hold; it loads
+    no model (the config tree imports no torch)."""
+    from llasa_grpo import config
+
+    try:
+        cfg = config.load(args.config, args.set)
+        cfg.training  # noqa: B018 (its checks, as a run makes them)
+    except FieldError as e:
+        print(f"error: {args.config}: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(dump_toml(cfg), end="")
+    return 0
 
 
 def prepare_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> Path | None:
@@ -111,8 +141,10 @@ def check_resume_config(checkpoint: Path, run_dir: Path, cfg: Any) -> list[tuple
     return changes
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
+    if args.print_config:
+        return print_config(args)
     started = time.perf_counter()
     from llasa_grpo import recipe  # imports torch/transformers: after argparse so --help is instant
     from tts.data import DataError
@@ -144,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = recipe.build_components(cfg, info.device)
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / RESOLVED_CONFIG).write_text(dump_toml(cfg), encoding="utf-8")
+            write_text(run_dir / RESOLVED_CONFIG, dump_toml(cfg))
             print(recipe.describe(cfg, parts, info.device, info.world_size), flush=True)
         trainer = GRPOTrainer(
             parts.model,
@@ -152,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
             parts.scorer,
             parts.prompts,
             cfg.training,
-            pad_id=parts.pad_id,
             ref_model=parts.ref_model,
             tokenizer=parts.tokenizer,
             dist_info=info,
@@ -186,13 +217,13 @@ def push_final(result: TrainResult, repo: str) -> int:
 
     if result.interrupted or result.checkpoint is None:
         where = result.checkpoint or "CHECKPOINT"
-        print(f"[train] not pushed (the run stopped early): push later with: llasa-grpo-push {where} {repo}")
+        print(f"[train] not pushed (the run stopped early): push later with: llasa-grpo push {where} {repo}")
         return 0
     try:
         operations = push(result.checkpoint, repo)
     except Exception as e:  # the run itself succeeded: say how to retry the upload
         print(f"error: [train] push of {result.checkpoint} to {repo} failed ({type(e).__name__}: {e}); retry with: "
-              f"llasa-grpo-push {result.checkpoint} {repo}", file=sys.stderr)  # fmt: skip
+              f"llasa-grpo push {result.checkpoint} {repo}", file=sys.stderr)  # fmt: skip
         return 1
     print(f"[train] pushed {result.checkpoint} ({len(operations)} files) to {repo}")
     return 0
@@ -215,7 +246,8 @@ def report(result: TrainResult, args: argparse.Namespace, seconds: float) -> str
 
 
 def resume_command(args: argparse.Namespace, checkpoint: str) -> str:
-    cmd = ["python", "train.py", "--config", args.config, *(a for s in args.set for a in ("--set", s))]
+    program = args.prog.split() if getattr(args, "prog", None) else ["python", "train.py"]
+    cmd = [*program, "--config", args.config, *(a for s in args.set for a in ("--set", s))]
     return shlex.join([*cmd, "--resume", checkpoint])
 
 

@@ -2,6 +2,8 @@
 
 python -m reward score --config tiny.toml --language de --text "Der Zug fährt um acht Uhr ab." a.wav b.wav
 python -m reward score --manifest clips.jsonl     # lines: {"text", "audio", "language"?, "codes"?, "finished"?}
+
+Installed, the same program is ``llasa-grpo score``.
 """
 
 from __future__ import annotations
@@ -84,18 +86,51 @@ def read_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [{"text": args.text, "language": args.language, "audio": clip} for clip in args.clips]
 
 
+def add_score_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("clips", nargs="*", help="16 kHz (or any rate: resampled) audio files")
+    p.add_argument("--config", type=Path, help="TOML with [reward] and [transcriber] tables (keys below)")
+    p.add_argument("--text", help="what every clip should say")
+    p.add_argument("--language", help="language code, e.g. de or en (never auto-detected)")
+    p.add_argument("--manifest", help="JSONL with text, audio and optional language, codes, finished")
+    p.add_argument("--rate-band", type=float, nargs=2, metavar=("LOW", "HIGH"), help="letters/s band")
+
+
+def keys_help() -> str:
+    from tomlconfig import config_keys, format_keys
+
+    keys = [*config_keys(RewardConfig, "reward."), *config_keys(TranscriberConfig, "transcriber.")]
+    return "--config keys (the [reward] and [transcriber] tables of a training config):\n" + "\n".join(
+        format_keys(keys)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m reward score ...``."""
     p = argparse.ArgumentParser(prog="python -m reward", description="Score recordings with the training reward.")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("score", help="print one JSON object per clip")
-    s.add_argument("clips", nargs="*", help="16 kHz (or any rate: resampled) audio files")
-    s.add_argument("--config", type=Path, help="TOML with [reward] and [transcriber] tables")
-    s.add_argument("--text", help="what every clip should say")
-    s.add_argument("--language", help="language code, e.g. de or en (never auto-detected)")
-    s.add_argument("--manifest", help="JSONL with text, audio and optional language, codes, finished")
-    s.add_argument("--rate-band", type=float, nargs=2, metavar=("LOW", "HIGH"), help="letters/s band")
-    args = p.parse_args(argv)
+    s = sub.add_parser(
+        "score",
+        help="print one JSON object per clip",
+        epilog=keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_score_arguments(s)
+    return score(p.parse_args(argv))
 
+
+def score_main(argv: list[str] | None = None, prog: str = "python -m reward score") -> int:
+    """The ``score`` program alone (``llasa-grpo score ...``)."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Score recordings with the training reward: one JSON object per clip.",
+        epilog=keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_score_arguments(p)
+    return score(p.parse_args(argv))
+
+
+def score(args: argparse.Namespace) -> int:
     reward_cfg, transcriber_cfg = load_configs(args.config)
     args.language = args.language or transcriber_cfg.language  # as in training: the row's, else the config's
     rows = read_rows(args)

@@ -1,7 +1,8 @@
 """Audio-level measurements that need no codes and no ASR: where the speech is, and self-repetition.
 
 Everything works on 10 ms frames and in blocks of frames, so memory grows linearly with the clip's duration
-(a 10-minute file is scored like a 3-second one, only longer).
+(a 10-minute file is scored like a 3-second one, only longer). ``floor_dbfs`` is ``reward.floor_dbfs``: the one
+absolute level below which a frame is never speech nor part of a loop (the callers pass the config's value).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ SIM_BLOCK = 256  # frames per block of the similarity band (each block costs SIM
 LAG_BLOCK = 16  # lags per block of the run search
 CHAIN_RATIO = 1.5  # linked copies of a chain: spans and lags within this factor of each other
 MIN_HIT_SHARE = 0.05  # matches in a run: at least this share of its span (the rest are quiet pairs)
-FLOOR_DBFS = -80.0  # nothing quieter is ever speech or a loop (16-bit quantisation noise is ~ -100 dBFS)
 ACTIVE_ABOVE_FLOOR_DB = 10.0  # a frame is "active" this far above the clip's noise floor
 MAX_CHAIN_RUNS = 1000  # runs considered for chains (the R × R link arrays stay under ~30 MB)
 SHAPE_RANGE = 5.0  # log10 units (50 dB) of each frame's own spectrum kept for its shape; below is flattened
@@ -68,15 +68,15 @@ def spectral_shapes(audio: np.ndarray) -> np.ndarray:
     return shapes
 
 
-def active_frames(db: np.ndarray) -> np.ndarray:
+def active_frames(db: np.ndarray, floor_dbfs: float) -> np.ndarray:
     """[T] bool: frames clearly above the clip's own noise floor, however soft (a breath, an "s", a word's tail).
 
     The floor is the 5th percentile of frame power (the pauses and edges every utterance has), capped 40 dB
-    under the loudest frame for clips with no quiet part at all, and never below ``FLOOR_DBFS``.
+    under the loudest frame for clips with no quiet part at all, and never below ``floor_dbfs``.
     """
     if db.size == 0:
         return np.zeros(0, dtype=bool)
-    floor = max(min(float(np.percentile(db, 5)), float(db.max()) - 40.0), FLOOR_DBFS)
+    floor = max(min(float(np.percentile(db, 5)), float(db.max()) - 40.0), floor_dbfs)
     return db > floor + ACTIVE_ABOVE_FLOOR_DB
 
 
@@ -180,14 +180,15 @@ def repeated_seconds(
     similarity: float,
     min_run_s: float,
     chain_min_s: float,
-    chain_copies: int = 3,
+    chain_copies: int,
+    floor_dbfs: float,
 ) -> float:
     """Seconds of audio that repeat themselves: a hang-up loop, or a word said again and again.
 
     s_L(t) = <x_t, x_{t+L}> compares the spectral shapes (``spectral_shapes``) of frames L apart, for every lag
     L in [min_lag_s, max_lag_s]. A frame pair matches if s_L(t) > ``similarity`` and both frames are active
-    (above the clip's noise floor, however soft); pairs of quiet frames bridge (``repeat_runs``). Two kinds of
-    evidence count:
+    (above the clip's noise floor, however soft, and above ``floor_dbfs``); pairs of quiet frames bridge
+    (``repeat_runs``). Two kinds of evidence count:
 
     - a run spanning ≥ ``min_run_s`` at one lag, at least ``MIN_HIT_SHARE`` of it matching: a segment looped in
       place (a steady vowel or a sustained "mmm" changes too much within 0.3 s to match itself at one lag);
@@ -202,7 +203,7 @@ def repeated_seconds(
     min_run, min_chain = max(1, round(min_run_s / HOP_S)), max(1, round(chain_min_s / HOP_S))
     if hi < lo:
         return 0.0
-    active = active_frames(db)
+    active = active_frames(db, floor_dbfs)
     sim = lag_similarity(spectral_shapes(audio), lo, hi)  # [T, lags]
     t = np.arange(n)[:, None]
     runs: list[Run] = []
@@ -242,21 +243,22 @@ class SpeechActivity:
         return self.pause_s / span if span > 0 else 0.0
 
 
-def speech_activity(audio: np.ndarray, below_peak_db: float, min_pause_s: float) -> SpeechActivity:
+def speech_activity(audio: np.ndarray, below_peak_db: float, min_pause_s: float, floor_dbfs: float) -> SpeechActivity:
     """Frames within ``below_peak_db`` of the speech level (the 95th percentile of frame power, so one click
-    sets nothing) and above ``FLOOR_DBFS`` are speech; shorter non-speech stretches than ``min_pause_s`` inside
+    sets nothing) and above ``floor_dbfs`` are speech; shorter non-speech stretches than ``min_pause_s`` inside
     the speech (stop closures, the quiet part of a fricative) are part of it."""
     samples = int(np.asarray(audio).size)
     duration = samples / SAMPLE_RATE
     db = frame_db(audio)  # the last frame is the partial one (or empty)
     level = float(np.percentile(db, 95))
-    on = np.flatnonzero(db > max(level - below_peak_db, FLOOR_DBFS))
+    threshold = max(level - below_peak_db, floor_dbfs)
+    on = np.flatnonzero(db > threshold)
     if on.size == 0:
         return SpeechActivity(duration, duration, 0.0, 0.0, 0.0, 0.0)
     first, last = int(on[0]), int(on[-1]) + 1
     begin, end = first * HOP_S, min(last * HOP, samples) / SAMPLE_RATE
     quiet = np.ones(last - first + 2, dtype=np.int8)
-    quiet[1:-1] = db[first:last] <= max(level - below_peak_db, FLOOR_DBFS)
+    quiet[1:-1] = db[first:last] <= threshold
     quiet[0] = quiet[-1] = 0
     edges = np.flatnonzero(np.diff(quiet))
     gaps = edges[1::2] - edges[::2]  # lengths of the non-speech stretches inside, in frames

@@ -11,10 +11,6 @@ from typing import Literal
 
 from tomlconfig import FieldError
 
-# Audio quieter than this (RMS, dBFS) is silence: the transcriber's default gate and the level below which
-# audio_repeat never counts a frame as repeating.
-SILENCE_DBFS = -50.0
-
 
 def _default_weights() -> dict[str, float]:
     return {
@@ -105,6 +101,10 @@ class RewardConfig:
     pause_longest_s: float = 0.8
     pause_share: float = 0.3
     pause_scale_s: float = 0.5
+    # audio_repeat, pauses and speaking_rate: a 10 ms frame quieter than this (dBFS) is never speech nor part of a
+    # loop, however quiet the clip (16-bit quantisation noise is ~ -100 dBFS; a soft loop at -70 still counts).
+    # Frames, not clips: transcriber.silence_dbfs is the clip-level (RMS) gate before Whisper.
+    floor_dbfs: float = -80.0
 
     def __post_init__(self) -> None:
         if self.preset == "original":
@@ -155,6 +155,8 @@ class RewardConfig:
             raise FieldError("repeat_max_lag_s", self.repeat_max_lag_s, "must be >= repeat_min_lag_s")
         if self.repeat_chain_copies < 3:
             raise FieldError("repeat_chain_copies", self.repeat_chain_copies, "a chain needs at least 3 copies")
+        if not (self.floor_dbfs < 0 and math.isfinite(self.floor_dbfs)):
+            raise FieldError("floor_dbfs", self.floor_dbfs, "must be a level below 0 dBFS (full scale), e.g. -80")
         for key in ("pause_leading_s", "pause_trailing_s", "pause_longest_s"):
             if not getattr(self, key) >= 0:
                 raise FieldError(key, getattr(self, key), "must be >= 0 seconds")
@@ -182,9 +184,9 @@ class TranscriberConfig:
     batched: bool = True  # cross-clip batched generate; False: sequential WhisperModel.transcribe
     no_speech_threshold: float = 0.6
     logprob_threshold: float | None = None  # if set, silent needs no_speech > threshold AND avg_logprob below this
-    # Audio quieter than this (RMS) is silent without asking the model (the reward's `complete` term reads the
-    # transcript's `silent` flag).
-    silence_dbfs: float = SILENCE_DBFS
+    # A clip quieter than this (RMS, dBFS) is silent without asking the model (the reward's `complete` term reads
+    # the transcript's `silent` flag). Whole clips: the audio terms' per-frame floor is reward.floor_dbfs.
+    silence_dbfs: float = -50.0
     url: str = "http://127.0.0.1:8765"
     timeout_s: float = 60.0
     retries: int = 2

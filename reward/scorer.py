@@ -123,9 +123,9 @@ class SpeechScorer:
     def write_samples(self, rollouts: Rollouts, scores: Scores, directory: Path, limit: int) -> list[Sample]:
         """WAV + JSON (text, transcript, terms, reward) of the first ``limit`` completions of ``scores``; returns
         them as the trackers' table rows (every term a ``term/<name>`` column) with their audio."""
+        from atomicfs import write_text
         from grpo.rollouts import Sample
         from tts.audio import save_audio
-        from tts.io import write_text
 
         directory = Path(directory)
         samples = []

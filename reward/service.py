@@ -3,7 +3,7 @@
 GET /health → {"status": "ok", "model": ...}; POST /transcribe {"languages": [..], "audios": [base64 float32]}
 → {"transcripts": [{text, avg_logprob, no_speech_prob, silent, raw_text}]}; 422 with the reason for bad input,
 413 above the request bounds (``--max-clips``, ``--max-audio-s``, ``--max-request-mb``: the transcriber keys of
-the same names). Binds 127.0.0.1 unless told; it has no authentication.
+the same names). Binds 127.0.0.1 unless told; it has no authentication. Installed: ``llasa-grpo transcribe-serve``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import typing
+from collections.abc import Callable
 from dataclasses import asdict, fields
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -92,18 +95,55 @@ def create_app(transcriber: Transcriber, name: str = "", limits: TranscriberConf
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
+# TranscriberConfig keys that describe the client side (how to reach a service), not the model the service runs.
+CLIENT_KEYS = ("backend", "url", "timeout_s", "retries", "language")
+
+
+def _value_parser(hint: Any) -> Callable[[str], Any]:
+    """Command-line text → a value of the config field's type (argparse names the flag of a bad one)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = len(args) < len(typing.get_args(hint))
+    base = args[0] if optional else hint
+
+    def parse(text: str) -> Any:
+        if optional and text.lower() == "none":
+            return None
+        if base is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+            return text.lower() in ("true", "1", "yes")
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {base.__name__}, got {text!r}") from None
+
+    return parse
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m reward.service") -> None:
+    from tomlconfig import field_comments, type_name
+
     defaults = TranscriberConfig()
-    p = argparse.ArgumentParser(prog="python -m reward.service", description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.splitlines()[0],
+        epilog='The trainer side: [transcriber] backend = "http", url = "http://127.0.0.1:<port>".',
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="default %(default)s")
+    comments, hints = field_comments(TranscriberConfig), typing.get_type_hints(TranscriberConfig)
     for f in fields(TranscriberConfig):
-        if f.name in ("backend", "url", "timeout_s", "retries", "language"):
+        if f.name in CLIENT_KEYS:
             continue
-        kind = {bool: lambda s: s.lower() in ("1", "true", "yes")}.get(type(f.default), type(f.default))
-        if f.default is None:
-            kind = float
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=getattr(defaults, f.name))
+        flag = f.name.replace("_", "-")
+        about = comments.get(f.name, "").replace("%", "%%")  # argparse formats help with %
+        p.add_argument(
+            "--" + flag,
+            type=_value_parser(hints[f.name]),
+            default=getattr(defaults, f.name),
+            metavar=type_name(hints[f.name]).upper(),
+            help=f"{about + ' ' if about else ''}(transcriber.{f.name}; default %(default)s)",
+        )
     args = vars(p.parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
     config = TranscriberConfig(backend="whisper", **args)

@@ -76,8 +76,8 @@ def rollout_error_rate(r: SpeechRollout, variant: str = "wer") -> float:
 def rollout_activity(r: SpeechRollout, ctx: StepContext) -> SpeechActivity:
     """Where the speech is (``speaking_rate`` and ``pauses`` read the same measurement)."""
     cfg = ctx.config
-    key = ("activity", cfg.pause_below_peak_db, cfg.pause_min_s)
-    return _once(r, key, lambda: speech_activity(r.audio, cfg.pause_below_peak_db, cfg.pause_min_s))
+    key = ("activity", cfg.pause_below_peak_db, cfg.pause_min_s, cfg.floor_dbfs)
+    return _once(r, key, lambda: speech_activity(r.audio, cfg.pause_below_peak_db, cfg.pause_min_s, cfg.floor_dbfs))
 
 
 @register("wer")
@@ -168,6 +168,7 @@ def audio_repeat(r: SpeechRollout, ctx: StepContext) -> float:
         cfg.repeat_min_s,
         cfg.repeat_chain_min_s,
         cfg.repeat_chain_copies,
+        cfg.floor_dbfs,
     )
     return math.exp(-s / cfg.repeat_scale_s)
 

@@ -60,9 +60,7 @@ def _trainer(run_dir, initial, max_steps=4, save_every=3, stop_after=None, keep_
     )
     model = copy.deepcopy(initial)
     gen = HFGenerator(model, cfg.generation, pad_id=PAD, stop_ids=[STOP])
-    return GRPOTrainer(
-        model, gen, _StopAfter(stop_after), prompts(5), cfg, pad_id=PAD, ref_model=copy.deepcopy(initial)
-    )
+    return GRPOTrainer(model, gen, _StopAfter(stop_after), prompts(5), cfg, ref_model=copy.deepcopy(initial))
 
 
 def test_two_steps_resume_two_steps_equals_four_steps(tmp_path):

@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
 
 from grpo.config import GRPOConfig, OptimConfig, RunConfig
-from tomlconfig import ConfigError, FieldError, describe, dump_toml, field_comments, load_config, parse_override
+from tomlconfig import (
+    ConfigError,
+    FieldError,
+    config_keys,
+    describe,
+    dump_toml,
+    field_comments,
+    load_config,
+    parse_override,
+)
 
 
 @dataclass(frozen=True)
@@ -148,13 +158,20 @@ def test_field_comments_become_the_help_text():
         "beta": "the lines above a field are its comment and so is the end of its line",
         "mode": "one of two",
     }
-    lines = describe(Documented)
-    assert lines[:3] == [
-        "  beta = 0.0  # the lines above a field are its comment and so is the end of its line",
-        "  plain = 1",
-        '  mode = "a"  # one of two',
+    keys = config_keys(Documented)
+    assert keys[:3] == [
+        ("beta", "float", "0.0", "the lines above a field are its comment and so is the end of its line"),
+        ("plain", "int", "1", ""),
+        ("mode", '"a"|"b"', '"a"', "one of two"),
     ]
-    assert "  inner.weights = {wer = 1.0, rate = 0.5}" in lines and "  inner.language = none" in lines
+    assert ("inner.weights", "{str: float}", "{wer = 1.0, rate = 0.5}", "") in keys
+    assert ("inner.language", "str|none", "none", "") in keys
+    assert ("inner.band", "[float, float]", "[1.0, 2.0]", "") in keys
+    lines = describe(Documented)  # a header, then one aligned line per key: key, type, default, meaning
+    assert lines[0].split() == ["KEY", "TYPE", "DEFAULT", "MEANING"]
+    assert lines[1].split(None, 3) == ["beta", "float", "0.0", keys[0][3]]
+    starts = {line.index(word) for line, word in zip(lines[:4], ("TYPE", "float", "int", '"a"|"b"'), strict=True)}
+    assert len(starts) == 1, lines[:4]  # the type column is aligned
 
 
 def test_train_help_lists_every_key_with_its_comment(capsys):
@@ -163,5 +180,13 @@ def test_train_help_lists_every_key_with_its_comment(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
     out = capsys.readouterr().out
-    assert "  grpo.group_size = 4  # G completions per prompt" in out
-    assert "  run.parallel = " in out and "  reward.weights = {wer = 1.0" in out
+    from llasa_grpo.config import Config
+
+    listed = out.split("config keys")[1].splitlines()[2:]
+    keys = config_keys(Config)
+    assert [line.split()[0] for line in listed] == [key for key, *_ in keys]  # every key of the tree, in order
+    for line, (key, kind, default, meaning) in zip(listed, keys, strict=True):  # then type, default and meaning
+        cells = [re.escape(c) for c in (key, kind, default, meaning)]
+        assert re.fullmatch(rf"  {cells[0]} +{cells[1]} +{cells[2]}( +{cells[3]})?", line), line
+    assert ("grpo.group_size", "int", "4", "G completions per prompt") in keys
+    assert [k[1:3] for k in keys if k[0] == "run.parallel"] == [('"replicate"|"fsdp"', '"replicate"')]

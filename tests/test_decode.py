@@ -211,7 +211,7 @@ def test_trainer_with_the_fast_generator_equals_today_when_seeded_the_same(tmp_p
             if name == "generate"
             else FastHFGenerator(model, cfg.generation, pad_id=PAD, stop_ids=[STOP], sampling=name)
         )
-        tr = GRPOTrainer(model, gen, TokenSetScorer(range(2, 12)), prompts(6), cfg, pad_id=PAD)
+        tr = GRPOTrainer(model, gen, TokenSetScorer(range(2, 12)), prompts(6), cfg)
         torch.manual_seed(11)
         metrics = [tr.train_step() for _ in range(2)]
         runs[name] = (tr, metrics)

@@ -12,7 +12,6 @@ import torch.multiprocessing as mp
 from grpo import distributed as dist
 from grpo.trainer import GRPOTrainer
 from tests.grpo_fixtures import (
-    PAD,
     ScriptedGenerator,
     TokenSetScorer,
     one_thread,  # noqa: F401 (a fixture, used by pytestmark)
@@ -43,7 +42,6 @@ def _run(run_dir, batch_size: int, dist_info=None) -> GRPOTrainer:
         TokenSetScorer(range(2, 12)),
         prompts(7),
         cfg,
-        pad_id=PAD,
         ref_model=ref,
         dist_info=dist_info,
     )

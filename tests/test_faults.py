@@ -41,7 +41,6 @@ def _trainer(run_dir, scorer=None, generator=None, **sections) -> GRPOTrainer:
         scorer or TokenSetScorer(range(2, 12)),
         prompts(6),
         cfg,
-        pad_id=PAD,
     )
 
 
@@ -154,7 +153,7 @@ def _sampling_trainer(run_dir, initial, fail_at=None, max_steps=4):
     cfg = training_config(run_dir, run={"max_steps": max_steps, "save_every": 0, "seed": 7})
     model = copy.deepcopy(initial)
     gen = HFGenerator(model, cfg.generation, pad_id=PAD, stop_ids=[STOP])
-    return GRPOTrainer(model, gen, _FailingScorer(fail_at), prompts(5), cfg, pad_id=PAD)
+    return GRPOTrainer(model, gen, _FailingScorer(fail_at), prompts(5), cfg)
 
 
 def test_an_exception_mid_run_saves_the_last_completed_step_which_resumes_exactly(tmp_path, capsys):
@@ -456,9 +455,7 @@ def test_a_data_file_that_shrank_resumes_at_the_next_epoch(tmp_path, capsys):
     tr = _trainer(tmp_path, run={"max_steps": 2, "save_every": 2})  # 6 prompts, 2 per step: position 4
     tr.train()
     cfg = training_config(tmp_path, run={"max_steps": 3})
-    shrunk = GRPOTrainer(
-        tiny_llama(seed=3), ScriptedGenerator(), TokenSetScorer(range(2, 12)), prompts(3), cfg, pad_id=PAD
-    )
+    shrunk = GRPOTrainer(tiny_llama(seed=3), ScriptedGenerator(), TokenSetScorer(range(2, 12)), prompts(3), cfg)
     shrunk.load(tmp_path / "checkpoint-2")
     assert "data position 4 is past the 3 prompts" in capsys.readouterr().out
     assert shrunk.sampler.state_dict() == {"epoch": 1, "position": 0}

@@ -46,7 +46,7 @@ def _trainer(run_dir, batch_size: int, parallel: str, dist_info=None) -> GRPOTra
     # Rank 1 starts from different weights: the trainer must broadcast rank 0's before sharding.
     model = tiny_llama(seed=0 if dist_info is None else dist_info.rank)
     gen, scorer = ScriptedGenerator(), TokenSetScorer(range(2, 12))
-    return GRPOTrainer(model, gen, scorer, prompts(7), cfg, pad_id=PAD, ref_model=tiny_llama(0), dist_info=dist_info)
+    return GRPOTrainer(model, gen, scorer, prompts(7), cfg, ref_model=tiny_llama(0), dist_info=dist_info)
 
 
 def _steps(tr: GRPOTrainer, n: int) -> dict[str, torch.Tensor]:

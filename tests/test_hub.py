@@ -16,7 +16,6 @@ from llasa_grpo.card import EVAL_END, EVAL_START, NOT_EVALUATED, card_writer, up
 from llasa_grpo.config import load
 from llasa_grpo.evaluate import Checkpoint, update_model_cards
 from tests.grpo_fixtures import (
-    PAD,
     ScriptedGenerator,
     TokenSetScorer,
     one_thread,  # noqa: F401 (a fixture, used by pytestmark)
@@ -39,7 +38,6 @@ def checkpoint(tmp_path) -> Path:
         TokenSetScorer(range(2, 12)),
         prompts(6),
         training_config(tmp_path / "run", run={"max_steps": 2}),
-        pad_id=PAD,
     )
     tr.model_card = card_writer(cfg)
     result = tr.train()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("grpo", "tts", "reward", "evaluation", "tomlconfig", "lab")
+PACKAGES = ("grpo", "tts", "reward", "evaluation", "tomlconfig", "lab", "atomicfs")
 
 
 def module_name(path: Path) -> str:
@@ -90,6 +90,7 @@ def test_no_import_cycle(package):
         ("reward", ("evaluation", "lab")),
         ("lab", ("evaluation", "llasa_grpo")),  # the lab builds models; the recipe loads them by name
         ("tomlconfig", ("grpo", "tts", "reward", "evaluation", "recipe", "llasa_grpo")),
+        ("atomicfs", ("grpo", "tts", "reward", "evaluation", "tomlconfig", "llasa_grpo", "lab")),  # a leaf
     ],
 )
 def test_imports_flow_one_way(package, forbidden):

@@ -35,7 +35,7 @@ def test_tiny_llama_learns_a_token_set_reward(tmp_path, seed):
     )
     model = tiny_llama(seed=seed)
     gen = HFGenerator(model, cfg.generation, pad_id=PAD, stop_ids=[STOP])
-    tr = GRPOTrainer(model, gen, TokenSetScorer(TARGET), prompts(16, seed=seed), cfg, pad_id=PAD)
+    tr = GRPOTrainer(model, gen, TokenSetScorer(TARGET), prompts(16, seed=seed), cfg)
     rewards = [tr.train_step()["reward/mean"] for _ in range(cfg.run.max_steps)]
     start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     print(f"seed {seed}: reward {start:.2f} → {end:.2f}")
@@ -92,7 +92,7 @@ def test_tiny_llasa_learns_a_synthetic_speech_code_reward(tmp_path, seed):
     )
     pad = vocab.pad_id if vocab.pad_id is not None else vocab.stop_id
     gen = HFGenerator(model, cfg.generation, pad_id=pad, stop_ids=[vocab.stop_id])
-    tr = GRPOTrainer(model, gen, _SpeechCodeSetScorer(vocab.first_id, target), prompts_, cfg, pad_id=pad)
+    tr = GRPOTrainer(model, gen, _SpeechCodeSetScorer(vocab.first_id, target), prompts_, cfg)
     rewards = [tr.train_step()["reward/mean"] for _ in range(cfg.run.max_steps)]
     start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     print(f"tiny Llasa seed {seed}: reward {start:.2f} → {end:.2f}")

@@ -11,7 +11,6 @@ from grpo.config import GRPOConfig
 from grpo.reference import place_reference, reference_placement
 from grpo.trainer import GRPOTrainer
 from tests.grpo_fixtures import (
-    PAD,
     ScriptedGenerator,
     TokenSetScorer,
     one_thread,  # noqa: F401 (a fixture, used by pytestmark)
@@ -40,9 +39,7 @@ def test_bf16_reference_halves_its_memory_and_barely_moves_the_kl(tmp_path):
         ref = place_reference(copy.deepcopy(initial), cfg.grpo, torch.device("cpu"))
         assert all(p.dtype == getattr(torch, dtype) and not p.requires_grad for p in ref.parameters())
         model = copy.deepcopy(initial)
-        tr = GRPOTrainer(
-            model, ScriptedGenerator(), TokenSetScorer(range(2, 12)), prompts(6), cfg, pad_id=PAD, ref_model=ref
-        )
+        tr = GRPOTrainer(model, ScriptedGenerator(), TokenSetScorer(range(2, 12)), prompts(6), cfg, ref_model=ref)
         torch.manual_seed(0)
         out[dtype] = (tr.train_step(), sum(p.numel() * p.element_size() for p in ref.parameters()))
     (m32, bytes32), (m16, bytes16) = out["float32"], out["bfloat16"]

@@ -1,6 +1,7 @@
 """Pure reward terms, normalisation and combination (no ASR; one espeak clip for the audio-level term)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from tests import speech_fixtures as sf
 from tomlconfig import ConfigError, FieldError, from_dict
 
 CTX = StepContext(RewardConfig())
+TINY = Path(__file__).resolve().parents[1] / "tiny.toml"
 
 
 def rollout(text="Der Zug fährt um 8 Uhr ab.", said=None, language="de", seconds=2.0, **kw) -> SpeechRollout:
@@ -226,7 +228,7 @@ def test_pauses_term_counts_seconds_beyond_the_allowances():
     assert term(inside, CTX) == pytest.approx(math.exp(-(0.4 + 1.2 - cfg.pause_share * 3.2) / 0.5), rel=0.02)
     # stop closures (shorter than pause_min_s) are part of the speech, not pauses
     closures = _speech(*[part for _ in range(8) for part in (("tone", 0.2), ("zeros", 0.08))])
-    assert speech_activity(closures, cfg.pause_below_peak_db, cfg.pause_min_s).pause_s == 0.0
+    assert speech_activity(closures, cfg.pause_below_peak_db, cfg.pause_min_s, cfg.floor_dbfs).pause_s == 0.0
     assert term(rollout(audio=closures), CTX) == 1.0
     # a faint noise floor (-66 dBFS, 46 dB under the speech) is no speech: it counts like digital zeros
     noise = (5e-4 * np.random.default_rng(0).standard_normal(16000 * 2)).astype(np.float32)
@@ -241,7 +243,7 @@ def test_pauses_term_counts_seconds_beyond_the_allowances():
 def test_pause_limits_come_from_enough_reference_clips():
     cfg = RewardConfig(rate_min_references=5)
     clips = [_speech(("zeros", lead), ("tone", 1.5), ("zeros", 0.6), ("tone", 1.0)) for lead in (0.1, 0.2, 0.3)]
-    acts = [speech_activity(c, cfg.pause_below_peak_db, cfg.pause_min_s) for c in clips]
+    acts = [speech_activity(c, cfg.pause_below_peak_db, cfg.pause_min_s, cfg.floor_dbfs) for c in clips]
     assert reference_pause_limits(acts, cfg)[0] == PauseLimits.from_config(cfg)  # 3 < 5 clips
     limits, where = reference_pause_limits(acts * 2, cfg)
     assert "6 reference clips" in where
@@ -283,6 +285,7 @@ def test_repetition_finds_soft_loops_and_stutters_and_spares_long_steady_words(t
             cfg.repeat_min_s,
             cfg.repeat_chain_min_s,
             cfg.repeat_chain_copies,
+            cfg.floor_dbfs,
         )
 
     clean = sf.synthesize("Sieben Schwäne schwimmen still über das Wasser.", "de", tmp_path, "s")
@@ -311,9 +314,35 @@ def test_repetition_memory_is_linear_in_duration(tmp_path):
     cfg = RewardConfig()
     tracemalloc.start()
     try:
-        found = repeated_seconds(ten_minutes, cfg.repeat_min_lag_s, cfg.repeat_max_lag_s, 0.95, 0.3, 0.15)
+        found = repeated_seconds(
+            ten_minutes, cfg.repeat_min_lag_s, cfg.repeat_max_lag_s, 0.95, 0.3, 0.15, 3, cfg.floor_dbfs
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert found == 0.0  # the sentences repeat only every ~30 s, far beyond the lags searched
     assert peak < 400e6, f"peak {peak / 1e6:.0f} MB"
+
+
+def test_the_frame_floor_is_one_config_key_that_reaches_audio_repeat_and_pauses():
+    """reward.floor_dbfs, set like any key, is the level audio_repeat and pauses (and speaking_rate) read: a soft
+    loop at -60 dBFS between digital silence is a loop and speech at the default -80, neither above -50."""
+    from llasa_grpo.config import Config
+    from tomlconfig import load_config
+
+    rng = np.random.default_rng(0)
+    segment = rng.standard_normal(1600).astype(np.float32)  # 100 ms, looped 20 times
+    segment *= 10 ** (-60 / 20) / np.sqrt(np.mean(segment**2))
+    silence = np.zeros(8000, np.float32)
+    clip = np.concatenate([silence, np.tile(segment, 20), silence])
+
+    def terms(overrides: list[str]) -> tuple[float, float]:
+        cfg = load_config(Config, TINY, overrides).reward
+        ctx = StepContext(cfg)
+        return get_term("audio_repeat")(rollout(audio=clip), ctx), get_term("pauses")(rollout(audio=clip), ctx)
+
+    repeat, pauses = terms([])
+    assert RewardConfig().floor_dbfs == -80.0 and repeat < 0.05 and pauses > 0.5  # ~2 s repeating; speech
+    assert terms(["reward.floor_dbfs=-50"]) == (1.0, 0.0)  # no frame counts: no loop, and no speech at all
+    with pytest.raises(ConfigError, match=r"reward.floor_dbfs=0.0: must be a level below 0 dBFS"):
+        load_config(Config, TINY, ["reward.floor_dbfs=0"])

@@ -19,7 +19,6 @@ from grpo.rollouts import Rollouts, Sample, Scores
 from grpo.tracking import STATE_FILE, TrackingError, TrackingRun, markdown_table, open_trackers, sample_table
 from grpo.trainer import GRPOTrainer
 from tests.grpo_fixtures import (
-    PAD,
     ScriptedGenerator,
     TokenSetScorer,
     one_thread,  # noqa: F401 (a fixture, used by pytestmark)
@@ -49,7 +48,7 @@ class _SpeakingScorer(TokenSetScorer):
 
 def _trainer(tmp_path: Path, **run) -> GRPOTrainer:
     cfg = training_config(tmp_path, run={"sample_every": 2, "num_samples": 2, "save_every": 2, **run})
-    return GRPOTrainer(tiny_llama(), ScriptedGenerator(), _SpeakingScorer(range(2, 12)), prompts(6), cfg, pad_id=PAD)
+    return GRPOTrainer(tiny_llama(), ScriptedGenerator(), _SpeakingScorer(range(2, 12)), prompts(6), cfg)
 
 
 def _samples() -> list[Sample]:

@@ -41,7 +41,6 @@ def _trainer(tmp_path, model=None, generator=None, scorer=None, ref=None, n_prom
         scorer or TokenSetScorer(SCORER_TARGET),
         prompts(n_prompts),
         cfg,
-        pad_id=PAD,
         ref_model=ref,
     )
 

@@ -204,7 +204,7 @@ def test_fresh_run_pushes_its_weights_to_a_server_used_before(served, tmp_path):
     start = {k: v.clone() for k, v in model.state_dict().items()}
     gen = ServerGenerator("http://test", sampling, pad_id=PAD, vocab_size=32, client=client, shm_dir=str(tmp_path))
     cfg = training_config(tmp_path / "run", generation={"backend": "vllm_server"}, run={"max_steps": 2})
-    result = GRPOTrainer(model, gen, TokenSetScorer(range(2, 10)), prompts(4), cfg, pad_id=PAD).train()
+    result = GRPOTrainer(model, gen, TokenSetScorer(range(2, 10)), prompts(4), cfg).train()
     assert result.step == 2 and gen.weights_version == 3  # the initial push, then one per step
     first_push = engine.loaded[3]  # after the previous run's three
     assert all(torch.equal(first_push[k], v) for k, v in start.items())
@@ -300,7 +300,7 @@ def test_trainer_reweights_by_the_engine_mismatch(tmp_path, shift, ratio):
     def step(generator_for: Any) -> dict[str, float]:
         model = tiny_llama(seed=1)
         cfg = training_config(tmp_path, optim={"max_grad_norm": 0.0})
-        trainer = GRPOTrainer(model, generator_for(model), TokenSetScorer(range(2, 10)), prompts(4), cfg, pad_id=PAD)
+        trainer = GRPOTrainer(model, generator_for(model), TokenSetScorer(range(2, 10)), prompts(4), cfg)
         return trainer.train_step()
 
     base = step(lambda _model: ScriptedGenerator())
@@ -359,7 +359,7 @@ def test_server_backend_trains_with_synced_weights(tmp_path, served_tiny):
         )
         gen = ServerGenerator(url, sampling, pad_id=PAD, vocab_size=32)
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
-        t = GRPOTrainer(model, gen, TokenSetScorer(range(2, 10)), prompts(4), cfg, pad_id=PAD)
+        t = GRPOTrainer(model, gen, TokenSetScorer(range(2, 10)), prompts(4), cfg)
         t.generator.sync_weights(t.policy)  # what train() does first; this test drives train_step itself
         return t
 

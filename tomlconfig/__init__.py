@@ -268,17 +268,19 @@ def field_comments(cls: type) -> dict[str, str]:
     return out
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """One line per key of the config tree ``cls``: ``section.key = default  comment``, for ``--help``."""
-    lines = []
+def config_keys(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Every key of the config tree ``cls`` as (``section.key``, type, default, meaning), in declaration order.
+
+    The type and default are written as in TOML; the meaning is the field's comment (``field_comments``)."""
+    rows = []
     comments = field_comments(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        key = f"{prefix}{f.name}"
-        hint = _hints(cls)[f.name]
+        key, hint = f"{prefix}{f.name}", hints[f.name]
         if dataclasses.is_dataclass(hint):
-            lines += describe(hint, f"{key}.")
+            rows += config_keys(hint, f"{key}.")
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if default is None:
@@ -287,8 +289,39 @@ def describe(cls: type, prefix: str = "") -> list[str]:
             value = "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in default.items()) + "}"
         else:
             value = _value(to_dict(default))
-        lines.append(f"  {key} = {value}" + (f"  # {comments[f.name]}" if f.name in comments else ""))
-    return lines
+        rows.append((key, type_name(hint), value, comments.get(f.name, "")))
+    return rows
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """``config_keys`` as aligned lines under a header, for ``--help``: ``  key  type  default  meaning``."""
+    return format_keys(config_keys(cls, prefix))
+
+
+def format_keys(keys: Sequence[tuple[str, str, str, str]]) -> list[str]:
+    rows = [("KEY", "TYPE", "DEFAULT", "MEANING"), *keys]
+    # Widths from the rows, capped so that one long default (a template string) does not push every line right.
+    widths = [min(max(len(r[i]) for r in rows), cap) for i, cap in enumerate((44, 18, 24))]
+    return [f"  {k:<{widths[0]}}  {t:<{widths[1]}}  {d:<{widths[2]}}  {m}".rstrip() for k, t, d, m in rows]
+
+
+def type_name(hint: Any) -> str:
+    """A field's type as ``--help`` shows it: ``float``, ``int|none``, ``"hf"|"vllm"``, ``[float, float]``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return "|".join("none" if a is type(None) else type_name(a) for a in args)
+    if origin is Literal:
+        return "|".join(_value(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"[{type_name(args[0])}, ...]"
+        return "[" + ", ".join(type_name(a) for a in args) + "]"
+    if _is_mapping(hint):
+        kt, vt = args if args else (Any, Any)
+        return "{" + f"{type_name(kt)}: {type_name(vt)}" + "}"
+    if hint is Any:
+        return "any"
+    return _type_name(hint)
 
 
 # --------------------------------------------------------------------------------------------------------------

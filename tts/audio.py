@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from atomicfs import atomic_path
 from tts.constants import SAMPLE_RATE
-from tts.io import atomic_path
 
 
 def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> np.ndarray:

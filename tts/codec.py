@@ -311,7 +311,7 @@ class XCodec2Decoder(nn.Module):
         """Write ``model.safetensors`` (+ any ``extra`` tensors, e.g. non-decoder keys) and ``config.json``."""
         from safetensors.torch import save_file
 
-        from tts.io import atomic_path, write_text
+        from atomicfs import atomic_path, write_text
 
         out = Path(out_dir)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}

@@ -1,8 +1,7 @@
-"""Small file helpers shared by tts/ and reward/: the cache folder and atomic writes.
+"""Small file helpers shared by tts/, reward/ and lab/: the cache folder and atomic folder builds.
 
-An atomic write goes to a temporary file in the target's folder and is renamed over the target
-(``os.replace``), so a reader — another process, or a run resumed after a crash — sees the old file or the
-new one, never half of one.
+File-level atomic writes are ``atomicfs`` (a leaf that grpo/ can use too); ``atomic_path`` and ``write_text``
+are re-exported here because lab/ imports them from this module.
 """
 
 from __future__ import annotations
@@ -10,32 +9,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
+
+from atomicfs import atomic_path, write_text
+
+__all__ = ["atomic_path", "build_folder", "cache_root", "write_text"]
 
 
 def cache_root() -> Path:
     """``$LLASA_GRPO_CACHE`` or ``~/.cache/llasa-grpo``: built assets live outside the repository."""
     return Path(os.environ.get("LLASA_GRPO_CACHE", Path.home() / ".cache" / "llasa-grpo")).expanduser()
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
-
-    The temporary name keeps the suffix, so writers that infer the format from it (soundfile, numpy) work.
-    """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def build_folder(target: str | os.PathLike[str], build: Callable[[Path], object], *, mode: int | None = None) -> Path:
@@ -59,10 +43,3 @@ def build_folder(target: str | os.PathLike[str], build: Callable[[Path], object]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically; returns the path."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)

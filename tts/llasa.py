@@ -138,7 +138,7 @@ class SpeechVocab:
         body = a[: stops[0]] if finished else a
         speech = self.is_speech(body)
         return SpeechCompletion(
-            codes=body[speech] - self.first_id, finished=finished, stray_tokens=int(body.size - speech.sum())
+            codes=self.ids_to_codes(body[speech]), finished=finished, stray_tokens=int(body.size - speech.sum())
         )
 
 

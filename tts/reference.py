@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from atomicfs import atomic_path
 from tts.constants import NUM_CODES, SAMPLE_RATE
-from tts.io import atomic_path, cache_root
+from tts.io import cache_root
 
 EncodeFn = Callable[[Path], np.ndarray]  # audio file -> int codes [T]
 

