@@ -270,13 +270,13 @@ def test_evaluate_seedtts_protocol_with_dnsmos_and_a_wavlm_sim_model(
     the per-clip DNSMOS and SIM are in samples.jsonl, and the report's means are theirs."""
     import json
 
-    import huggingface_hub
+    from huggingface_hub import constants as hub_constants
 
     import evaluate
     from reward.speaker import similarity
 
     pytest.importorskip("speechmos")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # large-v3 and the WavLM id: offline
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # large-v3 and the WavLM id: offline
     sf.write(tmp_path / "ref.wav", speech, SAMPLE_RATE, subtype="PCM_16")
     row = {"text": "Good morning.", "language": "en", "ref_audio": "ref.wav", "ref_text": SENTENCE}
     (tmp_path / "data.jsonl").write_text(json.dumps(row) + "\n")
