@@ -21,6 +21,7 @@ import re
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,10 @@ from reward.config import RewardConfig
 from reward.normalize import error_rate, letters
 from reward.rate import letters_per_second
 from reward.rollout import SpeechRollout, StepContext
-from reward.terms import get_term, is_empty
+from reward.terms import get_term, is_empty, rollout_dnsmos, rollout_speaker_cosine
 
 NORMALIZATIONS = ("project", "seedtts")
 ORIGINAL_HANGUP = re.compile(r"(.)\1{5,}")  # the original experiment's hang-up regex on the transcript
-# Seed-TTS-eval (run_wer.py) strips ASCII punctuation except the apostrophe, then lower-cases.
-_SEEDTTS_PUNCT = str.maketrans("", "", string.punctuation.replace("'", ""))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -77,35 +76,69 @@ class SampleRecord:
     empty: bool  # no audio, or judged silent by the transcriber (reward.terms.is_empty, as the `complete` term)
     chars_per_second: float | None  # text_chars / duration_s (reward.rate.letters_per_second, as the
     # speaking_rate term); None without audio
-    speaker_similarity: float | None  # None without a reference voice (or without resemblyzer)
+    speaker_similarity: float | None  # cosine to the reference voice ([-1, 1]; 0 if empty); None without one
     reward: float  # the training reward of this config
     terms: dict[str, float | None] = field(default_factory=dict)  # the training terms' values
+    # DNSMOS P.835 (1-5) with --dnsmos; None without it or without samples
+    dnsmos_sig: float | None = None
+    dnsmos_bak: float | None = None
+    dnsmos_ovrl: float | None = None
 
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> SampleRecord:
         return cls(**row)
 
 
-def seedtts_normalize(text: str) -> str:
-    """Seed-TTS-eval style: ASCII punctuation (apostrophe kept) removed, lower-cased, whitespace collapsed."""
-    return " ".join(text.translate(_SEEDTTS_PUNCT).lower().split())
+@lru_cache(maxsize=1)
+def _seedtts_punctuation() -> dict[int, None]:
+    try:
+        from zhon.hanzi import punctuation as hanzi
+    except ImportError as e:
+        raise ImportError("[eval] --normalization seedtts needs zhon (pip install '.[eval]')") from e
+    return str.maketrans("", "", (hanzi + string.punctuation).replace("'", ""))
+
+
+def seedtts_normalize(text: str, language: str = "en") -> str:
+    """As Seed-TTS-eval's run_wer.py: ASCII and Chinese punctuation removed except the apostrophe; Chinese is
+    split into characters (its WER is a CER), other languages lower-cased (it defines only en and zh: others
+    follow the English rule). Whitespace collapses, as jiwer's default transform does."""
+    text = text.translate(_seedtts_punctuation())
+    if language.split("-")[0].lower() == "zh":
+        return " ".join(ch for ch in text if not ch.isspace())
+    return " ".join(text.lower().split())
+
+
+def seedtts_transcript(text: str, language: str) -> str:
+    """run_wer.py converts Paraformer's Chinese output to simplified characters (zhconv, zh-cn) before scoring."""
+    if language.split("-")[0].lower() != "zh":
+        return text
+    try:
+        import zhconv
+    except ImportError as e:
+        raise ImportError("[eval] --normalization seedtts on Chinese rows needs zhconv (pip install '.[eval]')") from e
+    return zhconv.convert(text, "zh-cn")
 
 
 def error_rates(text: str, transcript: str, language: str, normalization: str = "project") -> tuple[float, float]:
     """(WER, CER) of ``transcript`` against ``text``.
 
     ``project``: the training reward's normalisation (numbers spelled out, lower-cased, punctuation stripped);
-    ``seedtts``: punctuation stripped and lower-cased only. Empty hypothesis: 1.0; empty reference: 0 or 1.
+    ``seedtts``: Seed-TTS-eval's (``seedtts_normalize``: punctuation stripped, lower-cased, Chinese by character,
+    no number spelling). Empty hypothesis: 1.0; empty reference: 0 or 1.
     """
     if normalization == "project":
         return error_rate(text, transcript, language, "wer"), error_rate(text, transcript, language, "cer")
     if normalization != "seedtts":
         raise ValueError(f"[eval] normalization={normalization!r}: use one of {NORMALIZATIONS}")
-    ref, hyp = seedtts_normalize(text), seedtts_normalize(transcript)
+    ref = seedtts_normalize(text, language)
+    hyp = seedtts_normalize(seedtts_transcript(transcript, language), language)
     if not ref or not hyp:
         rate = 0.0 if ref == hyp else 1.0
         return rate, rate
-    return float(jiwer.wer(ref, hyp)), float(jiwer.cer(ref, hyp))
+    wer = float(jiwer.wer(ref, hyp))
+    if language.split("-")[0].lower() == "zh":  # already over characters (jiwer.cer would count the spaces)
+        return wer, wer
+    return wer, float(jiwer.cer(ref, hyp))
 
 
 def sample_record(
@@ -117,10 +150,16 @@ def sample_record(
     *,
     audio_path: str,
     normalization: str = "project",
-    speaker: bool = False,
+    speaker_model: str | None = None,
+    speaker_device: str = "cpu",
+    dnsmos: bool = False,
 ) -> SampleRecord:
     """Measure one decoded and transcribed sample with the training terms (evaluated here whatever their
-    weight in the config, so a rate exists even for a term that training switched off)."""
+    weight in the config, so a rate exists even for a term that training switched off).
+
+    ``speaker_model`` (``reward.speaker``): SIM to the row's reference voice, the plain cosine as papers report it
+    (0 for empty or silent audio, which has no voice); None: not measured. ``dnsmos``: DNSMOS SIG/BAK/OVRL
+    (shared with the ``dnsmos`` term when training weighted it)."""
     ctx = StepContext(config)
 
     def term(name: str) -> float | None:  # the training step's value where it computed this term
@@ -129,7 +168,10 @@ def sample_record(
     wer, cer = error_rates(r.text, r.transcript.text, r.language, normalization)
     loop = term("token_loop")
     chars = letters(r.text, r.language)
-    similarity = term("speaker_similarity") if speaker and r.ref_audio else None
+    similarity = None
+    if speaker_model is not None and r.ref_audio:
+        similarity = 0.0 if is_empty(r) else rollout_speaker_cosine(r, speaker_model, speaker_device)
+    quality = rollout_dnsmos(r) if dnsmos else None
     return SampleRecord(
         checkpoint=key.checkpoint,
         temperature=key.temperature,
@@ -154,6 +196,9 @@ def sample_record(
         speaker_similarity=similarity,
         reward=float(reward),
         terms=dict(terms),
+        dnsmos_sig=None if quality is None else quality.sig,
+        dnsmos_bak=None if quality is None else quality.bak,
+        dnsmos_ovrl=None if quality is None else quality.ovrl,
     )
 
 
@@ -179,7 +224,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("empty", "empty/silent rate", True),
     Metric("duration_s", "duration (s)", False, ""),
     Metric("chars_per_second", "speaking rate (letters/s)", False, ""),
-    Metric("speaker_similarity", "speaker similarity", False, "higher"),
+    Metric("speaker_similarity", "speaker similarity (SIM, cosine)", False, "higher"),
+    Metric("dnsmos_sig", "DNSMOS signal (SIG, 1–5)", False, "higher"),
+    Metric("dnsmos_bak", "DNSMOS background (BAK, 1–5)", False, "higher"),
+    Metric("dnsmos_ovrl", "DNSMOS overall (OVRL, 1–5)", False, "higher"),
     Metric("reward", "training reward", False, "higher"),
 )
 SLOPE = Metric("rate_slope", "speaking-rate slope (letters/s per 100 letters of text)", False, "")
@@ -474,9 +522,11 @@ def report_markdown(result: EvalResult, plots: Mapping[str, str] | None = None) 
         f"{', '.join(f'{t:.2g}' for t in result.temperatures)}"
         f" per checkpoint, the same seeds for every checkpoint (seed {s.get('seed')}).",
     ]
-    for key in ("data", "config", "generation", "transcriber", "normalization"):
+    for key in ("data", "config", "generation", "transcriber", "normalization", "protocol", "speaker model", "dnsmos"):
         if key in s:
             lines.append(f"- {key}: {s[key]}")
+    if s.get("caveats"):  # where the run differs from the protocol it names: read before comparing to a paper
+        lines += ["", "**Caveats:**", "", *(f"- {c}" for c in s["caveats"])]
     lines += ["", "| checkpoint | path |", "|---|---|", *(f"| {c} | `{p}` |" for c, p in result.checkpoints.items())]
     header = ["metric", *names, *(f"Δ {c} − {base} [{level} % CI]" for c in others)]
     lines += ["", "## Summary", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

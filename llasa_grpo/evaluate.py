@@ -9,6 +9,8 @@ Every checkpoint answers every text ``--samples`` times at each temperature with
 config's other sampling parameters (HF generate, as in training). All completions are then decoded once and
 transcribed once through the training hook and scored by the training terms, so the numbers are the ones the
 reward sees. Writes report.md, metrics.json, samples.jsonl, audio/ and PNG plots to ``--out``.
+``--protocol seedtts`` measures WER and SIM the way Seed-TTS-eval does (``evaluation.protocol``; what cannot be
+met offline is replaced and printed as a caveat), ``--dnsmos`` adds DNSMOS SIG/BAK/OVRL per clip.
 A checkpoint is a folder ``transformers`` loads (a training checkpoint-N, a downloaded model) or a
 ``model.path`` name (a Hugging Face id, or ``tiny-llasa``).
 """
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.protocol import PROTOCOLS, ProtocolChoice
 from tomlconfig import ConfigError
 
 OUTPUT_FILES = ("report.md", "metrics.json", "samples.jsonl")
@@ -61,8 +64,23 @@ def parse_args(argv: Sequence[str] | None, prog: str | None = None) -> argparse.
     p.add_argument("--seed", type=int, default=0, help="generation and bootstrap seed")
     p.add_argument("--limit", type=int, default=0, help="use only the first N texts (0: all)")
     p.add_argument(
-        "--normalization", choices=("project", "seedtts"), default="project", help="text normalisation for WER/CER"
+        "--protocol",
+        choices=PROTOCOLS,
+        default="project",
+        help="seedtts: Seed-TTS-eval's ASR model, WER normalisation and SIM model (caveats printed where not met)",
     )
+    p.add_argument(
+        "--normalization",
+        choices=("project", "seedtts"),
+        help="text normalisation for WER/CER (default: the protocol's; project: the training reward's)",
+    )
+    p.add_argument(
+        "--sim-model",
+        metavar="NAME",
+        help="speaker model for SIM: 'resemblyzer' or a WavLMForXVector id/folder (default: the protocol's, "
+        "else reward.speaker_model)",
+    )
+    p.add_argument("--dnsmos", action="store_true", help="measure DNSMOS SIG/BAK/OVRL per clip (speechmos, CPU)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
     p.add_argument("--prompts-per-batch", type=int, default=8, help="texts per generate call")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
@@ -204,8 +222,63 @@ def generate_all(
     return vocab0, out
 
 
+def choose_protocol(cfg: Any, examples: Sequence[Any], args: argparse.Namespace) -> ProtocolChoice:
+    """The protocol's settings for this run (``evaluation.protocol.resolve``), its models looked up here (local
+    folder, cache or reachable hub): a missing one is a caveat and a fallback, never a failure after generation."""
+    from evaluation import protocol
+    from llasa_grpo import recipe
+
+    return protocol.resolve(
+        args.protocol,
+        transcriber=cfg.transcriber,
+        config_speaker_model=cfg.reward.speaker_model,
+        speaker_model=args.sim_model,
+        normalization=args.normalization,
+        transcriber_set=any(s.partition("=")[0].strip() == "transcriber.model" for s in args.set),
+        languages={recipe.example_language(cfg, ex) for ex in examples},
+        has_references=any(ex.ref_audio for ex in examples),
+        available=recipe._hub_problem,
+    )
+
+
+def check_measures(cfg: Any, choice: ProtocolChoice, examples: Sequence[Any], args: argparse.Namespace) -> str | None:
+    """What the measurements need, checked before any generation: --dnsmos's speechmos, the seedtts
+    normalisation's zhon (and zhconv for Chinese rows), the SIM model. Returns the SIM model (None: no reference
+    voices, or resemblyzer missing, which is said)."""
+    from llasa_grpo import recipe
+    from reward.speaker import RESEMBLYZER
+
+    needed = {"speechmos": "--dnsmos"} if args.dnsmos else {}
+    if choice.normalization == "seedtts":
+        needed["zhon"] = "--normalization seedtts"
+        if any(recipe.example_language(cfg, ex).split("-")[0].lower() == "zh" for ex in examples):
+            needed["zhconv"] = "--normalization seedtts on Chinese rows"
+    for package, flag in needed.items():
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(f"{flag}: needs {package}, which is not installed (pip install '.[eval]')")
+    if not any(ex.ref_audio for ex in examples):
+        return None
+    model = choice.speaker_model
+    if model == RESEMBLYZER:
+        if importlib.util.find_spec("resemblyzer") is None:
+            print("[eval] speaker similarity skipped: resemblyzer is not installed (pip install .[speaker])")
+            return None
+        return model
+    problem = recipe._hub_problem("--sim-model" if args.sim_model else "reward.speaker_model", model, "config.json")
+    if problem:
+        raise ConfigError(problem)
+    return model
+
+
 def score_all(
-    cfg: Any, vocab: Any, examples: Sequence[Any], batches: Sequence[Any], out_dir: Path, args: argparse.Namespace
+    cfg: Any,
+    vocab: Any,
+    examples: Sequence[Any],
+    batches: Sequence[Any],
+    out_dir: Path,
+    choice: ProtocolChoice,
+    speaker_model: str | None,
+    dnsmos: bool,
 ) -> list[Any]:
     """Decode and transcribe every completion once (the training hook), measure it, write its WAV."""
     from tqdm.auto import tqdm
@@ -215,10 +288,6 @@ def score_all(
     from tts.audio import save_audio
     from tts.constants import SAMPLE_RATE
 
-    speaker = any(ex.ref_audio for ex in examples)
-    if speaker and importlib.util.find_spec("resemblyzer") is None:
-        print("[eval] speaker similarity skipped: resemblyzer is not installed (pip install .[speaker])")
-        speaker = False
     scorer = recipe.build_scorer(cfg, vocab, examples)  # decoder + transcriber + terms, as in training
     records = []
     with tqdm(total=sum(len(b) for b in batches), desc="decode+transcribe", unit="clip", dynamic_ncols=True) as bar:
@@ -236,8 +305,10 @@ def score_all(
                         key,
                         scorer.config,
                         audio_path=rel,
-                        normalization=args.normalization,
-                        speaker=speaker,
+                        normalization=choice.normalization,
+                        speaker_model=speaker_model,
+                        speaker_device=cfg.reward.speaker_device,
+                        dnsmos=dnsmos,
                     )
                 )
             bar.update(len(scored))
@@ -267,6 +338,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             cfg.data.path, max_bad_fraction=cfg.data.max_bad_fraction, check_audio=cfg.data.check_audio
         )
         examples = examples[: args.limit] if args.limit > 0 else examples
+        choice = choose_protocol(cfg, examples, args)
+        if choice.transcriber:
+            cfg = dataclasses.replace(cfg, transcriber=dataclasses.replace(cfg.transcriber, **choice.transcriber))
+        speaker_model = check_measures(cfg, choice, examples, args)
+        for caveat in choice.caveats:
+            print(f"[eval] caveat: {caveat}")
         device = resolve_device(cfg.run.device)
         from transformers.utils import logging as hf_logging
 
@@ -274,18 +351,24 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         vocab, batches = generate_all(cfg, checkpoints, examples, temperatures, args, device)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "config.resolved.toml", dump_toml(cfg))
-        records = score_all(cfg, vocab, examples, batches, out_dir, args)
+        records = score_all(cfg, vocab, examples, batches, out_dir, choice, speaker_model, args.dnsmos)
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     g, t = cfg.generation, cfg.transcriber
+    has_refs = any(ex.ref_audio for ex in examples)
     settings = {
         "config": args.config,
         "data": f"{args.data} ({len(examples)} texts)",
         "generation": f"max_new_tokens {g.max_new_tokens}, top_p {g.top_p}, top_k {g.top_k}, "
         f"repetition_penalty {g.repetition_penalty}",
         "transcriber": f"{t.backend} {t.model if t.backend == 'whisper' else t.url}, beam {t.beam_size}",
-        "normalization": args.normalization,
+        "normalization": choice.normalization,
+        "protocol": choice.description,
+        "speaker model": speaker_model
+        or ("not measured (resemblyzer missing)" if has_refs else "not measured (no reference voices)"),
+        "dnsmos": "speechmos DNSMOS P.835 (SIG, BAK, OVRL) per clip" if args.dnsmos else "not measured (--dnsmos)",
+        "caveats": choice.caveats,
     }
     result = analyse(
         records,
@@ -301,6 +384,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     print(f"{table}\n[eval] {len(records)} samples in {time.perf_counter() - started:.0f} s: {files['report']}")
     for path in update_model_cards(checkpoints, table, files["report"], args, len(examples), temperatures):
         print(f"[eval] model card updated: {path}")
+    for caveat in choice.caveats:
+        print(f"[eval] caveat: {caveat}")
     return 0
 
 

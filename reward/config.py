@@ -105,6 +105,10 @@ class RewardConfig:
     # loop, however quiet the clip (16-bit quantisation noise is ~ -100 dBFS; a soft loop at -70 still counts).
     # Frames, not clips: transcriber.silence_dbfs is the clip-level (RMS) gate before Whisper.
     floor_dbfs: float = -80.0
+    # speaker_similarity (and evaluate.py's SIM): "resemblyzer" (weights ship on PyPI: offline) or a transformers
+    # WavLMForXVector speaker-verification model, a hub id ("microsoft/wavlm-base-plus-sv") or a folder
+    speaker_model: str = "resemblyzer"
+    speaker_device: str = "cpu"  # where a WavLM speaker model runs ("cuda:1"); resemblyzer runs on the CPU
 
     def __post_init__(self) -> None:
         if self.preset == "original":
@@ -162,6 +166,8 @@ class RewardConfig:
                 raise FieldError(key, getattr(self, key), "must be >= 0 seconds")
         if not 0 <= self.pause_share < 1:
             raise FieldError("pause_share", self.pause_share, "must lie in [0, 1)")
+        if not self.speaker_model.strip():
+            raise FieldError("speaker_model", self.speaker_model, "use 'resemblyzer' or a WavLMForXVector id/folder")
         if self.loop_max_period < 1:
             raise FieldError("loop_max_period", self.loop_max_period, "must be >= 1")
         if self.loop_min_repeats < 2:

@@ -17,6 +17,7 @@ import numpy as np
 from reward.audio_features import SpeechActivity, repeated_seconds, speech_activity
 from reward.combine import active_terms
 from reward.config import RewardConfig
+from reward.dnsmos import Dnsmos, dnsmos
 from reward.normalize import error_rate, normalize
 from reward.rate import letters_per_second
 from reward.rollout import PauseLimits, SpeechRollout, StepContext
@@ -226,19 +227,43 @@ def complete(r: SpeechRollout, ctx: StepContext) -> float | None:
 
 @register("speaker_similarity")
 def speaker_similarity(r: SpeechRollout, ctx: StepContext) -> float | None:
-    """max(0, cos(e_ref, e_gen)) of resemblyzer speaker embeddings; needs a reference voice (optional extra).
-    Empty or silent audio has no voice: 0."""
+    """max(0, cos(e_ref, e_gen)) of speaker embeddings (``reward.speaker``: resemblyzer by default, or the WavLM
+    model ``speaker_model`` names); needs a reference voice. Empty or silent audio has no voice: 0."""
     if r.ref_audio is None:
         return None
     if is_empty(r):
         return 0.0
-    from reward.speaker import embed_file, embed_wav
+    return max(0.0, rollout_speaker_cosine(r, ctx.config.speaker_model, ctx.config.speaker_device))
 
-    e_ref, e_gen = embed_file(r.ref_audio), embed_wav(r.audio)
-    cos = float(np.dot(e_ref, e_gen) / (np.linalg.norm(e_ref) * np.linalg.norm(e_gen) + 1e-8))
-    if not math.isfinite(cos):
-        raise ValueError(f"[reward] speaker_similarity: the embedding of {r.ref_audio} or of the clip is not finite")
-    return max(0.0, cos)
+
+def rollout_speaker_cosine(r: SpeechRollout, model: str, device: str = "cpu") -> float:
+    """cos(e_ref, e_gen) in [-1, 1] with speaker model ``model`` (the term and evaluate.py's SIM share it)."""
+    if r.ref_audio is None:
+        raise ValueError("[reward] speaker similarity needs a reference voice (ref_audio)")
+    ref = r.ref_audio
+
+    def compute() -> float:
+        from reward.speaker import similarity
+
+        return similarity(ref, r.audio, model, device)
+
+    return _once(r, ("speaker", model, device), compute)
+
+
+def rollout_dnsmos(r: SpeechRollout) -> Dnsmos | None:
+    """DNSMOS of the rollout's audio (None without samples), computed once per rollout whether the ``dnsmos``
+    term or evaluate.py's ``--dnsmos`` asks first."""
+    return _once(r, "dnsmos", lambda: dnsmos(r.audio))
+
+
+@register("dnsmos")
+def dnsmos_term(r: SpeechRollout, ctx: StepContext) -> float:
+    """(OVRL − 1) / 4: DNSMOS P.835 overall quality mapped from 1-5 to [0, 1] (``reward.dnsmos``). Not in the
+    default weights (a fraction of a second per clip on a CPU): it runs only when weighted. Empty or silent: 0."""
+    if is_empty(r):
+        return 0.0
+    scores = rollout_dnsmos(r)
+    return 0.0 if scores is None else min(1.0, max(0.0, (scores.ovrl - 1.0) / 4.0))
 
 
 # ------------------------------------------------------------- the original experiment's reward (preset "original")
