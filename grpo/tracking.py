@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from atomicfs import write_text
 from grpo.config import SINKS
 from grpo.rollouts import Sample
 
@@ -125,9 +125,7 @@ def _read_state(run_dir: Path) -> dict[str, Any]:
 
 def _write_state(run_dir: Path, state: Mapping[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, run_dir / STATE_FILE)
+    write_text(run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 def finite_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:

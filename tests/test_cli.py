@@ -33,7 +33,9 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 def test_the_command_lists_its_programs_and_refuses_an_unknown_one(capsys):
     status, out, _ = run_cli(capsys, "--help")
     assert status == 0 and out.startswith("usage: llasa-grpo <command>")
-    assert set(cli.SUBCOMMANDS) == {"train", "evaluate", "score", "serve", "transcribe-serve"} <= set(out.split())
+    assert (
+        set(cli.SUBCOMMANDS) == {"train", "evaluate", "score", "serve", "transcribe-serve", "push"} <= set(out.split())
+    )
     status, _, err = run_cli(capsys, "trian")
     assert status == 2 and "unknown command 'trian'" in err and "train" in err
     assert run_cli(capsys)[0] == 2  # no command: the usage, and a usage error

@@ -10,6 +10,8 @@ import math
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +137,16 @@ def wandb_offline(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
 
 
+def _eventually(check: Callable[[], bool], seconds: float = 60.0) -> bool:
+    """wandb 0.31's service writes the offline .wandb file after ``finish()`` returns (measured: ~1 s later)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def test_wandb_offline_run_gets_metrics_table_audio_and_continues_on_resume(tmp_path, wandb_offline):
     run_dir = tmp_path / "run"
     run = TrackingRun(run_dir, "llasa-grpo-test", "run-a", {"grpo": {"beta": 0.0}})
@@ -145,7 +157,7 @@ def test_wandb_offline_run_gets_metrics_table_audio_and_continues_on_resume(tmp_
     tracker.close()
     run_id = json.loads((run_dir / STATE_FILE).read_text())["wandb"]["id"]
     [first] = (run_dir / "wandb").glob(f"offline-run-*-{run_id}")
-    assert b"reward/mean" in (first / f"run-{run_id}.wandb").read_bytes()
+    assert _eventually(lambda: b"reward/mean" in (first / f"run-{run_id}.wandb").read_bytes())
     [table] = (first / "files" / "media" / "table").glob("samples/table_*.table.json")
     assert json.loads(table.read_text())["columns"] == ["text", "reward", "term/wer", "transcript"]
     assert list((first / "files" / "media" / "audio").rglob("*.wav"))
