@@ -179,7 +179,7 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    from tts.io import write_text
+    from atomicfs import write_text
 
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
@@ -207,9 +207,9 @@ def pack_build(build_dir: Path, repo: Path, *, train_rows: int = 32, heldout_row
     ``data/lab_clone.jsonl`` (seen sentences with a reference clip of one of their two voices, from
     ``data/lab_refs/``: one short clip per speaker, another sentence of that speaker).
     """
+    from atomicfs import write_text
     from lab import corpus as corpus_mod
     from lab.assets import pack
-    from tts.io import write_text
 
     utts = corpus_mod.read_manifest(build_dir / "corpus")
     pack(build_dir / "llasa", repo / "lab" / "assets" / "llasa")

@@ -247,7 +247,7 @@ def train_codec(
 
 def save_codec(out_dir: Path, encoder: LabEncoder, decoder: XCodec2Decoder, *, fp16: bool = True) -> Path:
     """Write the real X-Codec2 layout plus ``lab_encoder.*``; fp16 halves the size (decoding upcasts)."""
-    from tts.io import write_text
+    from atomicfs import write_text
 
     decoder.generator.quantizer.project_in.load_state_dict(encoder.project_in.state_dict())
     extra = {ENCODER_PREFIX + k: v for k, v in encoder.state_dict().items() if not k.startswith("project_in.")}

@@ -180,8 +180,8 @@ def build_corpus(
     """Synthesize every planned utterance into ``out_dir`` and write ``manifest.jsonl`` last (it marks done)."""
     from tqdm import tqdm
 
+    from atomicfs import write_text
     from tts.audio import save_audio
-    from tts.io import write_text
 
     utts = plan(num_sentences, num_heldout, num_lm, seed)
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)

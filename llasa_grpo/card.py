@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from grpo.checkpoint import CARD_FILE  # the checkpoint writer keeps it out of its size check
 from llasa_grpo.config import Config
 from tomlconfig import dump_toml
 
-CARD_FILE = "README.md"  # grpo.checkpoint.CARD_FILE: the checkpoint writer keeps it out of its size check
 EVAL_START, EVAL_END = "<!-- llasa-grpo:evaluation -->", "<!-- /llasa-grpo:evaluation -->"
 NOT_EVALUATED = (
     "Not evaluated yet: `python evaluate.py --config CONFIG --checkpoints base=BASE grpo=THIS_FOLDER "
@@ -97,7 +97,7 @@ def card_writer(cfg: Config):
 def update_evaluation(directory: str | Path, section: str) -> Path | None:
     """Put ``section`` between the evaluation markers of ``directory``'s README.md (appended with them if the
     card has none); None when the folder has no card. Atomic: a reader sees the old or the new file."""
-    from tts.io import write_text
+    from atomicfs import write_text
 
     path = Path(directory) / CARD_FILE
     if not path.is_file():

@@ -1,7 +1,6 @@
 """Small file helpers shared by tts/, reward/ and lab/: the cache folder and atomic folder builds.
 
-File-level atomic writes are ``atomicfs`` (a leaf that grpo/ can use too); ``atomic_path`` and ``write_text``
-are re-exported here because lab/ imports them from this module.
+File-level atomic writes are ``atomicfs`` (a leaf that grpo/ can use too).
 """
 
 from __future__ import annotations
@@ -12,9 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from atomicfs import atomic_path, write_text
-
-__all__ = ["atomic_path", "build_folder", "cache_root", "write_text"]
+__all__ = ["build_folder", "cache_root"]
 
 
 def cache_root() -> Path:
