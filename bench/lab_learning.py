@@ -52,6 +52,7 @@ def short_run(
     out: Path, seed: int, lr: float, steps: int, texts: tuple[int, ...], group_size: int, window: int
 ) -> dict[str, Any]:
     """One GRPO run of ``lab.toml`` on the given rows of data/lab_train.jsonl; start and end means of KEYS."""
+    from grpo.metrics import read_metrics
     from llasa_grpo import train
 
     rows = (REPO / "data" / "lab_train.jsonl").read_text().splitlines()
@@ -75,7 +76,7 @@ def short_run(
     sets = [a for k, v in settings.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     if train.main(["--config", str(REPO / "lab.toml"), "--overwrite", *sets]) != 0:
         raise SystemExit(f"train.py failed for {out}")
-    metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(out / "run")
 
     def mean(part: list[dict[str, Any]], key: str) -> float | None:
         vals = [m[key] for m in part if key in m]
