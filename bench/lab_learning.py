@@ -49,7 +49,14 @@ KEYS = ("reward/total", "reward/wer", "asr/wer", "completion/finished", "speech/
 
 
 def short_run(
-    out: Path, seed: int, lr: float, steps: int, texts: tuple[int, ...], group_size: int, window: int
+    out: Path,
+    seed: int,
+    lr: float,
+    steps: int,
+    texts: tuple[int, ...],
+    group_size: int,
+    window: int,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One GRPO run of ``lab.toml`` on the given rows of data/lab_train.jsonl; start and end means of KEYS."""
     from grpo.metrics import read_metrics
@@ -72,6 +79,7 @@ def short_run(
         "run.save_every": 0,
         "run.sample_every": 0,
         "run.output_dir": str(out / "run"),
+        **(extra or {}),
     }
     sets = [a for k, v in settings.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     if train.main(["--config", str(REPO / "lab.toml"), "--overwrite", *sets]) != 0:
@@ -97,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--window", type=int, default=2, help="steps averaged at each end")
     p.add_argument("--out", type=Path, default=Path("runs/lab-learning"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="more config settings")
     args = p.parse_args(argv)
+    extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     rows = []
     for seed in args.seeds:
         for lr in args.lrs:
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
                 row = json.loads(done.read_text())
             else:
                 t0 = time.time()
-                got = short_run(folder, seed, lr, args.steps, tuple(args.texts), args.group_size, args.window)
+                got = short_run(folder, seed, lr, args.steps, tuple(args.texts), args.group_size, args.window, extra)
                 row = {"seed": seed, "lr": lr, "wall_s": round(time.time() - t0, 1), **got}
                 for k in KEYS:
                     a, b = got[k]

@@ -66,6 +66,8 @@ def step_metrics(scored: Sequence[ScoredSpeech], timings: HookTimings) -> dict[s
         metrics["reward/total"] = float(np.asarray([s.reward for s in scored], dtype=np.float32).mean())
         metrics["reward/gated_frac"] = float(np.mean([s.gated for s in scored]))
         metrics["asr/wer"] = float(np.mean([s.wer for s in scored]))
+        # capped at 1 per clip: one hallucinated transcript (WER 3) cannot outweigh three clips that are right
+        metrics["asr/wer_capped"] = float(np.mean([min(s.wer, 1.0) for s in scored]))
         loops = [s.terms["token_loop"] == 0.0 for s in scored if s.terms.get("token_loop") is not None]
         if loops:  # the share of completions whose codes cycle (token_loop is 0 or 1)
             metrics["speech/loop_rate"] = float(np.mean(loops))

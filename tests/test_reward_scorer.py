@@ -88,6 +88,8 @@ def test_one_transcription_per_step_and_terms_from_codes(tiny, whisper, tmp_path
         assert key in scores.metrics
     assert scores.metrics["reward/total"] == pytest.approx(float(scores.rewards.mean()))
     assert scores.metrics["speech/loop_rate"] == 0.25  # one of the four completions cycles
+    wers = [d["wer"] for d in scores.details]
+    assert scores.metrics["asr/wer_capped"] == pytest.approx(float(np.mean(np.minimum(wers, 1.0))), abs=1e-3)
     scorer.score(rollouts)
     assert counting.calls == [4, 4]
     samples = scorer.write_samples(rollouts, scores, tmp_path / "samples", limit=2)

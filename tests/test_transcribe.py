@@ -57,6 +57,25 @@ def test_batched_and_sequential_agree_and_silence_is_gated(whisper, clips):
         assert error_rate(a.text, b.text, "en") < 0.2
 
 
+def test_a_shorter_encoder_window_pads_less_and_longer_clips_keep_30_s(whisper, clips, monkeypatch):
+    """window_s = 5: the batched encoder sees [B, 80, 500]; a clip longer than 5 s goes the 30 s way."""
+    short = WhisperTranscriber(TranscriberConfig(cpu_threads=2, window_s=5.0), model=whisper.model)
+    shapes, sequential = [], []
+    encode, transcribe_sequential = whisper.model.encode, short.transcribe_sequential
+    monkeypatch.setattr(whisper.model, "encode", lambda f: shapes.append(f.shape) or encode(f))
+    monkeypatch.setattr(
+        short, "transcribe_sequential", lambda a, lang: sequential.append(len(a)) or transcribe_sequential(a, lang)
+    )
+    long_clip = np.concatenate([clips[0], np.zeros(16000, np.float32), clips[1]])  # > 5 s
+    assert len(clips[0]) < 5 * 16000 < len(long_clip)
+    out = short.transcribe([clips[0], long_clip], "en")
+    assert shapes[0] == (1, 80, 500) and sequential == [len(long_clip)]
+    assert error_rate(TEXTS[0], out[0].text, "en") < 0.2
+    assert error_rate(" ".join(TEXTS), out[1].text, "en") < 0.2
+    with pytest.raises(ValueError, match=r"window_s=40\.0: must be within 1 and 30 seconds"):
+        TranscriberConfig(window_s=40.0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

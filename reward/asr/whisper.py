@@ -1,10 +1,13 @@
 """Audio → text in process with faster-whisper, once per step for the whole batch.
 
 ``WhisperTranscriber`` runs faster-whisper / CTranslate2 in process. Short clips are batched *across clips*:
-their log-mel features are stacked into one [B, 80, 3000] array and CTranslate2's ``Whisper.generate`` decodes
-all of them in one call (faster-whisper's ``BatchedInferencePipeline`` only batches chunks of one long audio).
-Clips longer than Whisper's 30 s window, or ``batched=False``, go through ``WhisperModel.transcribe``, whose
-30 s segments are gated one by one (a quiet segment is dropped; it does not blank the clip).
+their log-mel features are padded to the encoder window (``window_s``, 30 s as Whisper was trained: [B, 80, 3000])
+and stacked, and CTranslate2's ``Whisper.generate`` decodes all of them in one call (faster-whisper's
+``BatchedInferencePipeline`` only batches chunks of one long audio). CTranslate2 accepts a shorter window, whose
+encoder cost falls with it; every clip is padded to the same window, so its transcript does not depend on the
+other clips in the batch. Clips longer than the window, or ``batched=False``, go through
+``WhisperModel.transcribe``, whose 30 s segments are gated one by one (a quiet segment is dropped; it does not
+blank the clip).
 
 Silence gate: the raw batched generate invents text for silence and noise (" you", " Ich bin hier.") with a
 high no-speech probability. A clip is *silent* when its RMS level is below ``silence_dbfs`` or its no-speech
@@ -28,7 +31,7 @@ from tts.constants import SAMPLE_RATE
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
-_WINDOW_SAMPLES = 30 * SAMPLE_RATE
+_FRAMES_PER_SECOND = 100  # Whisper's log-mel hop: 160 samples at 16 kHz
 
 
 def rms_dbfs(audio: np.ndarray) -> float:
@@ -67,7 +70,8 @@ class WhisperTranscriber:
                 out[i] = Transcript(text="", silent=True)  # too quiet to ask the model
         todo = [i for i, t in enumerate(out) if t is None]
         if self.config.batched:
-            short = [i for i in todo if len(audios[i]) <= _WINDOW_SAMPLES]
+            window = int(self.config.window_s * SAMPLE_RATE)
+            short = [i for i in todo if len(audios[i]) <= window]
             for lang in sorted({languages[i] for i in short}):
                 same = [i for i in short if languages[i] == lang]
                 for start in range(0, len(same), self.config.batch_size):
@@ -81,13 +85,14 @@ class WhisperTranscriber:
 
     # -- backends -------------------------------------------------------------------------------------------
     def generate_batched(self, audios: Sequence[np.ndarray], language: str) -> list[tuple[str, float, float]]:
-        """One encoder pass and one beam-search decode for all clips (each ≤ 30 s): (text, avg_logprob, p_ns)."""
+        """One encoder pass and one beam-search decode for all clips (each ≤ window_s): (text, avg_logprob, p_ns)."""
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
         m = self.model
-        features = np.stack([pad_or_trim(m.feature_extractor(a)[..., :-1]) for a in audios])  # [B, 80, 3000]
+        frames = int(self.config.window_s * _FRAMES_PER_SECOND)
+        features = np.stack([pad_or_trim(m.feature_extractor(a)[..., :-1], frames) for a in audios])  # [B, 80, T]
         tokenizer = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, task="transcribe", language=language)
         prompt = m.get_prompt(tokenizer, [], without_timestamps=True)
         results = m.model.generate(
