@@ -38,10 +38,24 @@ def _head_logits(h: Tensor, w32: Tensor, b32: Tensor | None, temperature: float)
     return h32 @ w32.T if b32 is None else torch.addmm(b32 / temperature, h32, w32.T)
 
 
+def _blocks(z: Tensor) -> list[slice]:
+    """Row blocks for the element-wise passes over a chunk's logits z [c, V]. On a CPU each block is about 4 MB,
+    so the successive passes (max, subtract, exp, sum) find it in cache instead of streaming the whole chunk
+    through memory each time (bench/entropy.py: 2.4-3x); on a GPU, whose passes are single kernels, 16 blocks
+    keep the launches few. Either way a block is at most 1/16 of the chunk: temporaries per block stay small.
+    """
+    c, v = z.shape
+    rows = max(1, c // 16 if z.is_cuda else min(c // 16, 2**20 // v))
+    return [slice(s, s + rows) for s in range(0, c, rows)]
+
+
 def _logsumexp_(z: Tensor) -> Tensor:
     """logsumexp over the last dim, overwriting z (torch.logsumexp would allocate a second [c, V] buffer)."""
-    m = z.amax(dim=-1)
-    return z.sub_(m[:, None]).exp_().sum(dim=-1).log_().add_(m)
+    out = z.new_empty(z.shape[0])
+    for b in _blocks(z):
+        m = z[b].amax(dim=-1)
+        out[b] = z[b].sub_(m[:, None]).exp_().sum(dim=-1).log_().add_(m)
+    return out
 
 
 def _chunk_logprobs(z: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -53,19 +67,25 @@ def _chunk_logprobs(z: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 
 def _grad_logits_(z: Tensor, targets: Tensor, lse: Tensor, g: Tensor) -> Tensor:
     """g ⊙ (onehot(y) − softmax(z)), built in z's buffer: softmax(z) = exp(z − logsumexp(z))."""
-    dz = z.sub_(lse[:, None]).exp_().mul_(-g[:, None])
-    return dz.scatter_add_(1, targets[:, None], g[:, None])
+    for b in _blocks(z):
+        z[b].sub_(lse[b, None]).exp_().mul_(-g[b, None])
+    return z.scatter_add_(1, targets[:, None], g[:, None])
 
 
 def _entropy_(z: Tensor) -> Tensor:
-    """H = −Σ_v π(v) log π(v) for a chunk's logits z [c, V], in z's buffer (overwritten, no second [c, V]).
+    """H = −Σ_v π(v) log π(v) for a chunk's logits z [c, V], which it overwrites (z − max z).
 
-    π = exp(z − max z) / Σ exp(z − max z) in place, then π · log π in place (``xlogy``: 0 · log 0 = 0 where exp
-    underflowed). log π is recomputed from π: its relative rounding error ε adds at most Σ_v π(v) · ε ≈ ε to H.
+    With z' = z − max z, e = exp(z') and S = Σ_v e_v: log π = z' − log S, so H = log S − (Σ_v e_v z'_v) / S: one
+    exp and one product per entry, no log (bench/entropy.py: 2.4-3x faster than −Σ π log π on a CPU). e is a
+    temporary of one row block (``_blocks``), so no second [c, V] buffer exists.
     """
-    p = z.sub_(z.amax(dim=-1, keepdim=True)).exp_()
-    p = p.div_(p.sum(dim=-1, keepdim=True))
-    return -p.xlogy_(p).sum(dim=-1)
+    entropy = z.new_empty(z.shape[0])
+    for b in _blocks(z):
+        zb = z[b].sub_(z[b].amax(dim=-1, keepdim=True))
+        e = zb.exp()
+        total = e.sum(dim=-1)
+        entropy[b] = total.log() - e.mul_(zb).sum(dim=-1) / total
+    return entropy
 
 
 class _SelectiveLogProbs(torch.autograd.Function):

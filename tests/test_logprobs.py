@@ -96,7 +96,8 @@ def test_entropy_equals_naive():
 
 
 def test_entropy_needs_no_second_logits_buffer():
-    """The module's memory claim: one chunk's [c, V] logits at a time. Entropy works inside that buffer."""
+    """The module's memory claim: one chunk's [c, V] logits at a time. Entropy works inside that buffer (plus
+    blocks of rows that are a sixteenth of it)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from grpo.logprobs import _entropy_
