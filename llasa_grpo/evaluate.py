@@ -362,7 +362,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         "data": f"{args.data} ({len(examples)} texts)",
         "generation": f"max_new_tokens {g.max_new_tokens}, top_p {g.top_p}, top_k {g.top_k}, "
         f"repetition_penalty {g.repetition_penalty}",
-        "transcriber": f"{t.backend} {t.model if t.backend == 'whisper' else t.url}, beam {t.beam_size}",
+        "transcriber": f"{t.backend} {t.model if t.backend == 'whisper' else t.url}, beam {t.beam_size}"
+        f"{f', encoder window {t.window_s:g} s' if t.backend == 'whisper' else ''}",
         "normalization": choice.normalization,
         "protocol": choice.description,
         "speaker model": speaker_model
