@@ -41,8 +41,9 @@ def _head_logits(h: Tensor, w32: Tensor, b32: Tensor | None, temperature: float)
 def _blocks(z: Tensor) -> list[slice]:
     """Row blocks for the element-wise passes over a chunk's logits z [c, V]. On a CPU each block is about 4 MB,
     so the successive passes (max, subtract, exp, sum) find it in cache instead of streaming the whole chunk
-    through memory each time (bench/entropy.py: 2.4-3x); on a GPU, whose passes are single kernels, 16 blocks
-    keep the launches few. Either way a block is at most 1/16 of the chunk: temporaries per block stay small.
+    through memory each time (bench/entropy.py times the entropy pass); on a GPU, whose passes are single
+    kernels, 16 blocks keep the launches few. Either way a block is at most 1/16 of the chunk: temporaries per
+    block stay small.
     """
     c, v = z.shape
     rows = max(1, c // 16 if z.is_cuda else min(c // 16, 2**20 // v))
