@@ -104,7 +104,7 @@ def short_run(
 
     got: dict[str, Any] = {k: (mean(metrics[:window], k), mean(metrics[-window:], k)) for k in KEYS}
     # the level the test reads: the mean of the last half of the steps
-    got["level"] = {k: mean(metrics[-(len(metrics) // 2) :], k) for k in KEYS}
+    got.update({f"{k}_level": mean(metrics[-(len(metrics) // 2) :], k) for k in KEYS})
     got["per_step_reward"] = [round(m["reward/total"], 4) for m in metrics]
     got["kl_last"] = metrics[-1]["loss/kl_mean"]
     return got
@@ -140,16 +140,9 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in KEYS}), flush=True)
 
-    def values(lr: float, key: str) -> list[float]:
-        if key.startswith("level "):
-            got = [(r.get("level") or {}).get(key[6:]) for r in rows if r["lr"] == lr]
-        else:
-            got = [r.get(key) for r in rows if r["lr"] == lr]
-        return [round(v, 4) for v in got if v is not None]
-
-    for key in ("reward/total_change", "reward/wer_change", "level reward/total", "level asr/wer_capped"):
+    for key in ("reward/total_change", "reward/wer_change", "reward/total_level", "asr/wer_capped_level"):
         for lr in args.lrs:
-            vals = values(lr, key)
+            vals = [round(r[key], 4) for r in rows if r["lr"] == lr and r.get(key) is not None]
             if vals:
                 sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
                 print(f"{key:<22} lr={lr:<8g} mean {statistics.mean(vals):+.3f}  sd {sd:.3f}  values {vals}")

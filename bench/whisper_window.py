@@ -19,6 +19,7 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def main() -> None:
     windows = sorted(set(args.windows) | {30.0}, reverse=True)
     results: dict[float, tuple[list[str], float]] = {}
     for w in windows:
-        tr = WhisperTranscriber(TranscriberConfig(**{**vars(base_cfg), "window_s": w}), model=model)
+        tr = WhisperTranscriber(replace(base_cfg, window_s=w), model=model)
         tr.transcribe(audios[:2], langs[:2])  # warm-up
         start = time.perf_counter()
         out = tr.transcribe(audios, langs)

@@ -43,7 +43,7 @@ def test_grpo_raises_the_reward_and_lowers_the_wer_of_the_lab_model(tmp_path: Pa
     got = short_run(tmp_path, seed=0, lr=1e-4, steps=STEPS, texts=(6, 7), group_size=8, window=2,
                     extra={"reward.preset": "original"})  # fmt: skip
     reward, wer = got["reward/total"], got["asr/wer_capped"]  # (mean of steps 1-2, mean of the last 2)
-    level = got["level"]["reward/total"], got["level"]["asr/wer_capped"]  # means of steps 7-12
+    level = got["reward/total_level"], got["asr/wer_capped_level"]  # means of steps 7-12
     print(f"reward {reward[0]:.3f} -> {level[0]:.3f}, capped WER {wer[0]:.3f} -> {level[1]:.3f}")
     assert level[0] > REWARD_BOUND and level[0] > reward[0]
     assert level[1] < WER_BOUND and level[1] < wer[0]

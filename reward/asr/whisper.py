@@ -31,8 +31,6 @@ from tts.constants import SAMPLE_RATE
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
-_FRAMES_PER_SECOND = 100  # Whisper's log-mel hop: 160 samples at 16 kHz
-
 
 def rms_dbfs(audio: np.ndarray) -> float:
     """Root-mean-square level in dB relative to full scale (−inf for empty or all-zero audio)."""
@@ -60,6 +58,11 @@ class WhisperTranscriber:
             )
         self.model = model
 
+    @property
+    def window_samples(self) -> int:
+        """The batched path's encoder window (``window_s``) in samples; longer clips take the 30 s path."""
+        return int(self.config.window_s * SAMPLE_RATE)
+
     # -- public ---------------------------------------------------------------------------------------------
     def transcribe(self, audios: Sequence[np.ndarray], language: str | Sequence[str]) -> list[Transcript]:
         languages = per_clip_languages(language, len(audios))
@@ -70,8 +73,7 @@ class WhisperTranscriber:
                 out[i] = Transcript(text="", silent=True)  # too quiet to ask the model
         todo = [i for i, t in enumerate(out) if t is None]
         if self.config.batched:
-            window = int(self.config.window_s * SAMPLE_RATE)
-            short = [i for i in todo if len(audios[i]) <= window]
+            short = [i for i in todo if len(audios[i]) <= self.window_samples]
             for lang in sorted({languages[i] for i in short}):
                 same = [i for i in short if languages[i] == lang]
                 for start in range(0, len(same), self.config.batch_size):
@@ -91,7 +93,7 @@ class WhisperTranscriber:
         from faster_whisper.transcribe import get_suppressed_tokens
 
         m = self.model
-        frames = int(self.config.window_s * _FRAMES_PER_SECOND)
+        frames = self.window_samples // m.feature_extractor.hop_length
         features = np.stack([pad_or_trim(m.feature_extractor(a)[..., :-1], frames) for a in audios])  # [B, 80, T]
         tokenizer = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, task="transcribe", language=language)
         prompt = m.get_prompt(tokenizer, [], without_timestamps=True)
