@@ -181,7 +181,7 @@ def main() -> None:
     p.add_argument("--model", help="model.path: folder, hub id, 'smollm2' or 'smol-random' (tts/smol.py)")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--steps", type=int, default=3, help="measured steps per decoder (after 1 warm-up each)")
-    p.add_argument("--decoders", default="loop,generate", help="generation.hf_decoder values, alternated")
+    p.add_argument("--decoders", default="loop,generate", help="loop, loop-bf16 (bfloat16 sampler weights), generate")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--generate-only", action="store_true", help="time only generation (no scoring or updates)")
@@ -199,12 +199,19 @@ def main() -> None:
         t0 = time.perf_counter()
         parts = recipe.build_components(cfg, device)
         build_s = time.perf_counter() - t0
+        if args.threads:  # again: building the scorer (its native libraries) resets torch's thread count
+            torch.set_num_threads(args.threads)
         autocast = recipe.autocast_factory(device, cfg.run.precision)
-        stop = [parts.vocab.stop_id]
-        gens = {
-            "loop": FastHFGenerator(parts.model, cfg.generation, pad_id=parts.pad_id, stop_ids=stop, autocast=autocast),
-            "generate": HFGenerator(parts.model, cfg.generation, pad_id=parts.pad_id, stop_ids=stop, autocast=autocast),
+        stop = list(parts.generator.stop_ids)  # the built generator knows the end-of-speech id
+        kw = {"pad_id": parts.pad_id, "stop_ids": stop, "autocast": autocast}
+        makers = {
+            "loop": lambda: FastHFGenerator(parts.model, cfg.generation, **kw),
+            "loop-bf16": lambda: FastHFGenerator(parts.model, cfg.generation, **kw, sampler_dtype=torch.bfloat16),
+            "generate": lambda: HFGenerator(parts.model, cfg.generation, **kw),
         }
+        if unknown := set(decoders) - set(makers):
+            raise SystemExit(f"--decoders: unknown {sorted(unknown)}; use {', '.join(makers)}")
+        gens = {d: makers[d]() for d in decoders}
         if args.generate_only:
             report = _generate_only(args, cfg, parts, gens, decoders, device)
             if args.json:
@@ -221,11 +228,13 @@ def main() -> None:
                 tr.generator = gens[d]
                 with peaks[d].track():
                     m = tr.train_step()
+                for other in gens.values():  # the trainer syncs only its current generator
+                    other.sync_weights(parts.model)
                 if i:
                     runs[d].append(m)
         rate = matmul_rate(device, parts.model.config.hidden_size)
         rows = len(tr.last_rollouts)
-        skinny = skinny_linear_time(parts.model, rows, device)
+        skinny = {d: skinny_linear_time(_sampler(gens[d]), rows, device) for d in decoders}
         floor = floors(parts.model, tr.last_rollouts, runs[decoders[0]][-1], rate, cfg.grpo.num_iterations)
         ref_cmp = compare_reference(parts.ref_model, tr.last_rollouts, cfg, device) if parts.ref_model else {}
     base = decoders[-1]
@@ -249,7 +258,7 @@ def _generate_only(args, cfg, parts, gens, decoders, device) -> dict[str, Any]:
                 times[d].append(time.perf_counter() - t)
                 tokens[d].append(float(r.completion_mask.sum()))
     rate = matmul_rate(device, parts.model.config.hidden_size)
-    skinny = skinny_linear_time(parts.model, len(r), device)
+    skinny = {d: skinny_linear_time(_sampler(gens[d]), len(r), device) for d in decoders}
     floor = floors(parts.model, r, {}, rate, 1)["time/generate"]
     base = decoders[-1]
     print(
@@ -270,8 +279,16 @@ def _generate_only(args, cfg, parts, gens, decoders, device) -> dict[str, Any]:
             + ", ".join(f"{t:.1f}" for t in times[d])
             + " s)"
         )
-    print(f"  all linear layers at M = {len(r)} rows: {1e3 * skinny:.1f} ms per decode step")
+    print(f"  all linear layers at M = {len(r)} rows, per decode step: {_ms(skinny)}")
     return out
+
+
+def _sampler(gen: Any) -> nn.Module:
+    return getattr(gen, "sampler", gen.model)  # the loop's bfloat16 copy, else the policy
+
+
+def _ms(skinny: dict[str, float]) -> str:
+    return ", ".join(f"{d} {1e3 * s:.1f} ms" for d, s in skinny.items())
 
 
 def _report(args, cfg, device, build_s, runs, peaks, floor, rate, skinny, ref_cmp, base) -> dict[str, Any]:
@@ -288,7 +305,7 @@ def _report(args, cfg, device, build_s, runs, peaks, floor, rate, skinny, ref_cm
         f"mean of {len(first)} steps per decoder after 1 warm-up, decoders alternated step by step"
     )
     header = "".join(f"{d + ' s':>12}" for d in decoders)
-    print(f"  {'phase':<18}{header}{'floor s':>10}{decoders[0] + '/floor':>13}{decoders[0] + '/' + base:>15}")
+    print(f"  {'phase':<18}{header}{'floor s':>10}{decoders[0] + '/floor':>17}{decoders[0] + '/' + base:>21}")
     table = {}
     for k in keys:
         v = {d: _mean(runs[d], k) for d in decoders}
@@ -296,17 +313,23 @@ def _report(args, cfg, device, build_s, runs, peaks, floor, rate, skinny, ref_cm
         ratio = v[decoders[0]] / v[base] if v[base] else float("nan")
         inner = "   (inside score)" if k in SCORE_PARTS else ""
         cols = "".join(f"{v[d]:12.3f}" for d in decoders)
-        fcols = f"{fl:10.3f}{v[decoders[0]] / fl:13.1f}" if fl else f"{'':10}{'':13}"
-        print(f"  {k:<18}{cols}{fcols}{ratio:15.2f}{inner}")
+        fcols = f"{fl:10.3f}{v[decoders[0]] / fl:17.1f}" if fl else f"{'':10}{'':17}"
+        print(f"  {k:<18}{cols}{fcols}{ratio:21.2f}{inner}")
         table[k] = {**v, "floor": fl, "ratio": ratio}
     tok_s = {d: _mean(runs[d], "completion/tokens") * g.batch_size / _mean(runs[d], "time/generate") for d in decoders}
     steps = _mean(first, "completion/tokens_max")
     print(
         "  generation tokens/s: "
         + ", ".join(f"{d} {tok_s[d]:.1f}" for d in decoders)
-        + f"; all linear layers at M = {g.batch_size} rows: {1e3 * skinny:.1f} ms per decode step "
-        f"(≈ {skinny * steps:.2f} s for {steps:.0f} steps)"
+        + f"; all linear layers at M = {g.batch_size} rows, per decode step ({steps:.0f} steps): {_ms(skinny)}"
     )
+    for d in decoders:
+        if "is/abs_logp_diff_mean" in runs[d][0]:  # its sampler is not the policy
+            print(
+                f"  {d}: sampler vs trainer |Δ log p| per token mean {_mean(runs[d], 'is/abs_logp_diff_mean'):.4f}, "
+                f"max {max(r['is/abs_logp_diff_max'] for r in runs[d]):.3f}; weights capped "
+                f"{100 * _mean(runs[d], 'is/capped_frac'):.2f} %"
+            )
     print("  peak memory: " + ", ".join(f"{d} {peaks[d].peak / 2**30:.2f} GiB" for d in decoders))
     if ref_cmp:
         print(

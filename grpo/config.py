@@ -29,6 +29,11 @@ class GenerationConfig:
     # hf backend: "loop" is grpo/decode.py (static KV cache, inverse-CDF sampling: the same distribution,
     # faster); "generate" is transformers' model.generate
     hf_decoder: Literal["loop", "generate"] = "loop"
+    # hf loop: "policy" samples with the policy's own weights (the sampler is the policy); "bfloat16" with a
+    # bfloat16 copy refreshed after every update: a decode step at a few rows reads every weight once, so half
+    # the bytes is ~1.7x the tokens/s on a CPU (bench/decode.py); its log-probs are returned and the loss is
+    # reweighted by pi_old / pi_sampler, as for vLLM. Costs the copy's memory (2 bytes per parameter).
+    hf_sampler_weights: Literal["policy", "bfloat16"] = "policy"
     vllm_gpu_memory_utilization: float = 0.3  # vllm_colocate: the engine's share of the training GPU
     vllm_sleep: bool = False  # vllm_colocate: free the engine's GPU memory between generations (sleep mode)
     vllm_dtype: str = "bfloat16"
@@ -54,6 +59,12 @@ class GenerationConfig:
             raise FieldError("batch_size", self.batch_size, "must be >= 0 (0: the whole step in one call)")
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise FieldError("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, "must lie in (0, 1]")
+        if self.hf_sampler_weights != "policy" and (self.backend != "hf" or self.hf_decoder != "loop"):
+            raise FieldError(
+                "hf_sampler_weights",
+                self.hf_sampler_weights,
+                f"needs backend = 'hf' and hf_decoder = 'loop', not {self.backend!r} / {self.hf_decoder!r}",
+            )
         if self.overlap and self.backend != "vllm_server":
             raise FieldError("overlap", self.overlap, f"needs backend = 'vllm_server', not {self.backend!r}")
         if not self.server_timeout_s > 0:
@@ -223,6 +234,12 @@ def check_training_sampling(gen: GenerationConfig, parallel: str = "replicate") 
     loop (``grpo/decode.py``), the vLLM backends and ``grpo.serve --engine hf`` return the processed
     log-probs, and the importance weights correct for the difference.
     """
+    if gen.hf_sampler_weights != "policy" and parallel == "fsdp":
+        raise FieldError(
+            "generation.hf_sampler_weights",
+            gen.hf_sampler_weights,
+            "needs whole weights on each rank; under FSDP the hf backend samples with model.generate: use 'policy'",
+        )
     if gen.backend != "hf" or (gen.hf_decoder == "loop" and parallel != "fsdp"):
         return
     for key, off in _PROCESSED_SAMPLING:

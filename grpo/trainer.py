@@ -177,7 +177,6 @@ class _Batch:
     advantages: Tensor | None = None  # [N], set once the rewards are in
     old_logps: Tensor | None = None  # [N, C]
     ref_logps: Tensor | None = None  # [N, C]
-    is_weights: Tensor | None = None  # [N, C] truncated π_old / π_sampler when another engine sampled
 
     def micro_batch(self, rows: slice) -> tuple[Tensor, Tensor, Tensor, int]:
         """(input_ids, attention_mask, completion_mask, C) of ``rows``, cut to their own padding extent."""
@@ -337,26 +336,16 @@ class GRPOTrainer:
         #    transcription service's GPU) while this one computes the log-probs below, which do not need them.
         wait_for_scores = self.scoring.start(self._score, rollouts, timer)
 
-        # 3. The π_old rule: log π_old (the policy before this step's updates) is computed only when the ratio
-        #    π/π_old can differ from 1: with μ = num_iterations > 1 (later updates move away from it), or when
-        #    another engine sampled. Otherwise the only update is on-policy and π_old = π_θ.detach() (step 5).
-        #    Reference log-probs only when β > 0.
-        sampled_elsewhere = rollouts.sampler_logps is not None
-        if g.num_iterations > 1 or sampled_elsewhere:
+        # 3. The π_old rule: log π_old (the policy before this step's updates) is a pass of its own only with
+        #    μ = num_iterations > 1 (later updates move away from it). With μ = 1 the only update starts from
+        #    π_old, so π_old = π_θ.detach() of the update's own forward (step 5), even when another engine
+        #    sampled. Reference log-probs only when β > 0.
+        if g.num_iterations > 1:
             with timer("old_logps"):
                 batch.old_logps = self._logps_no_grad(self.policy, batch)
-        is_stats: dict[str, float] = {}
-        if sampled_elsewhere:
-            # Another engine (vLLM) sampled with its own numerics of π_old (other kernels and precision, maybe one
-            # update behind with overlap): reweight the loss by truncated π_old / π_sampler (grpo.importance).
-            batch.is_weights, is_stats = importance_weights(
-                batch.old_logps,
-                rollouts.sampler_logps.to(self.device),
-                batch.completion_mask,
-                level=g.importance_level,
-                cap=g.importance_cap,
-                mode=g.importance_mode,
-            )
+        # Another sampler (vLLM; the loop in bfloat16; a processed distribution) has its own numbers for the
+        # sampled tokens: the loss is reweighted by truncated π_old / π_sampler (grpo.importance, step 5).
+        sampler_logps = None if rollouts.sampler_logps is None else rollouts.sampler_logps.to(self.device)
         if self.ref_model is not None:
             with timer("ref_logps"):
                 batch.ref_logps = self._logps_no_grad(self.ref_model, batch)
@@ -373,6 +362,7 @@ class GRPOTrainer:
         params = [p for p in self.policy.parameters() if p.requires_grad]
         clip = self.cfg.optim.max_grad_norm if self.cfg.optim.max_grad_norm > 0 else float("inf")
         updates: list[UpdateStats] = []
+        seen_old = torch.zeros_like(batch.completion_mask)  # π_old of the sampled tokens, for the is/* statistics
         with timer("update"):
             for iteration in range(g.num_iterations):
                 with_entropy = iteration == 0  # the sampling policy's entropy
@@ -392,6 +382,11 @@ class GRPOTrainer:
                         )
                     logps, entropy = out if with_entropy else (out, None)
                     old = logps.detach() if batch.old_logps is None else batch.old_logps[rows, :c]  # π_old rule
+                    weights = None
+                    if sampler_logps is not None:
+                        weights = self._importance(old, sampler_logps[rows, :c], cmask)[0]
+                        if iteration == 0:
+                            seen_old[rows, :c] = old
                     loss, loss_stats = grpo_loss(
                         logps,
                         old,
@@ -404,7 +399,7 @@ class GRPOTrainer:
                         aggregation=g.loss_aggregation,
                         max_completion_length=gen.max_new_tokens,
                         normalizer=normalizer,
-                        token_weights=None if batch.is_weights is None else batch.is_weights[rows, :c],
+                        token_weights=weights,
                     )
                     loss.backward()
                     update.add(loss, loss_stats, cmask, entropy)
@@ -417,6 +412,8 @@ class GRPOTrainer:
                 self.scheduler.step()
                 updates.append(update)
 
+        is_stats = {} if sampler_logps is None else self._importance(seen_old, sampler_logps, batch.completion_mask)[1]
+
         # 6. The sampler follows the policy.
         self.generator.sync_weights(self.policy)
         self.last_rollouts, self.last_scores = rollouts, scores
@@ -424,6 +421,12 @@ class GRPOTrainer:
         times["time/step"] = time.perf_counter() - t_step
         sizes = {"group_size": g.group_size, "world_size": self.dist.world_size}
         return step_metrics(rollouts, {**scores.metrics, **is_stats}, rewards_all, updates, times, **sizes)
+
+    def _importance(self, old: Tensor, sampler: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
+        g = self.cfg.grpo
+        return importance_weights(
+            old, sampler, mask, level=g.importance_level, cap=g.importance_cap, mode=g.importance_mode
+        )
 
     def _refuse_non_finite(self, loss: float, grad_norm: float) -> None:
         """Refuse the update, before it touches the weights, when the loss or the gradient is not finite: a NaN

@@ -323,8 +323,12 @@ def build_generator(
     gen = cfg.generation
     if gen.backend == "hf":
         autocast = autocast_factory(device, cfg.run.precision)
-        hf = FastHFGenerator if gen.hf_decoder == "loop" else HFGenerator
-        return hf(model, gen, pad_id=pad_id, stop_ids=[vocab.stop_id], autocast=autocast)
+        if gen.hf_decoder == "generate":
+            return HFGenerator(model, gen, pad_id=pad_id, stop_ids=[vocab.stop_id], autocast=autocast)
+        dtype = None if gen.hf_sampler_weights == "policy" else getattr(torch, gen.hf_sampler_weights)
+        return FastHFGenerator(
+            model, gen, pad_id=pad_id, stop_ids=[vocab.stop_id], autocast=autocast, sampler_dtype=dtype
+        )
     from grpo.engine import VLLMEngine, VLLMSettings
     from grpo.engine_generation import EngineGenerator, ServerGenerator
     from grpo.generation import Sampling

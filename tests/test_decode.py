@@ -228,3 +228,63 @@ def test_trainer_with_the_fast_generator_equals_today_when_seeded_the_same(tmp_p
 def test_fast_generator_is_the_hf_backend_default():
     assert GenerationConfig().hf_decoder == "loop"
     assert dataclasses.replace(GenerationConfig(), hf_decoder="generate").hf_decoder == "generate"
+
+
+def test_bfloat16_sampler_weights_follow_the_policy_and_return_their_logprobs():
+    """generation.hf_sampler_weights = "bfloat16": a frozen bf16 copy samples (tied weights stay tied, RoPE's
+    buffers stay float32), its log-probs come back for the importance weights, and sync_weights refreshes it."""
+    model = tiny_llama(seed=7)
+    gen = FastHFGenerator(
+        model, GenerationConfig(max_new_tokens=6), pad_id=PAD, stop_ids=[STOP], sampler_dtype=torch.bfloat16
+    )
+    s = gen.sampler
+    assert s is not model and all(p.dtype == torch.bfloat16 and not p.requires_grad for p in s.parameters())
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
+    assert s.lm_head.weight is s.model.embed_tokens.weight
+    assert all(b.dtype == torch.float32 for b in s.buffers() if b.is_floating_point())
+    torch.manual_seed(0)
+    r = gen.generate([[3, 4], [5, 6, 7]], 2)
+    assert r.sampler_logps is not None and r.sampler_logps.shape == r.completion_ids.shape
+    ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
+    mask = torch.cat([r.prompt_mask, r.completion_mask], 1)
+    full = token_logprobs(model, ids, mask, r.completion_ids.shape[1])
+    m = r.completion_mask.bool()
+    gap = (r.sampler_logps[m] - full[m]).abs()
+    assert 0 < gap.max() < 0.05  # another precision of the same distribution: close, not equal
+
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.mul_(-1.0)
+    assert not torch.equal(s.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight.bfloat16())
+    gen.sync_weights(model)
+    for q, p in zip(s.parameters(), model.parameters(), strict=True):
+        assert torch.equal(q, p.bfloat16())
+
+
+def test_trainer_with_a_bfloat16_sampler_reweights_without_an_extra_pass(tmp_path):
+    """With μ = 1 the importance weights read π_old from the update's own forward: no old-log-prob pass, and the
+    logged mismatch is that of the sampler's log-probs against the policy that sampled (small, not zero)."""
+    model = tiny_llama(seed=8)
+    cfg = training_config(tmp_path, generation={"max_new_tokens": 8, "hf_sampler_weights": "bfloat16"})
+    gen = FastHFGenerator(model, cfg.generation, pad_id=PAD, stop_ids=[STOP], sampler_dtype=torch.bfloat16)
+    tr = GRPOTrainer(model, gen, TokenSetScorer(range(2, 12)), prompts(6), cfg)
+    torch.manual_seed(3)
+    m = tr.train_step()
+    assert "time/old_logps" not in m
+    assert 0 < m["is/abs_logp_diff_mean"] < 0.02 and m["is/ratio_mean"] == pytest.approx(1.0, abs=0.02)
+    # the copy follows the update
+    for q, p in zip(gen.sampler.parameters(), model.parameters(), strict=True):
+        assert torch.equal(q, p.detach().bfloat16())
+
+
+@pytest.mark.parametrize(
+    ("generation", "parallel"),
+    [({"hf_decoder": "generate"}, "replicate"), ({"backend": "vllm_colocate"}, "replicate"), ({}, "fsdp")],
+)
+def test_bfloat16_sampler_weights_need_the_loop(generation, parallel):
+    from tomlconfig import FieldError
+
+    from grpo.config import RunConfig, TrainingConfig
+
+    with pytest.raises(FieldError, match="hf_sampler_weights"):
+        gen = GenerationConfig(**generation, hf_sampler_weights="bfloat16")
+        TrainingConfig(generation=gen, run=RunConfig(parallel=parallel))
