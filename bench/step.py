@@ -243,7 +243,7 @@ def main() -> None:
                     runs[d].append(m)
         rate = matmul_rate(device, parts.model.config.hidden_size)
         rows = len(tr.last_rollouts)
-        skinny = {d: skinny_linear_time(_sampler(gens[d]), rows, device) for d in decoders}
+        skinny = {d: skinny_of(gens[d], rows, device) for d in decoders}
         floor = floors(parts.model, tr.last_rollouts, runs[decoders[0]][-1], rate, cfg.grpo.num_iterations)
         ref_cmp = compare_reference(parts.ref_model, tr.last_rollouts, cfg, device) if parts.ref_model else {}
     base = decoders[-1]
@@ -267,7 +267,7 @@ def _generate_only(args, cfg, parts, gens, decoders, device) -> dict[str, Any]:
                 times[d].append(time.perf_counter() - t)
                 tokens[d].append(float(r.completion_mask.sum()))
     rate = matmul_rate(device, parts.model.config.hidden_size)
-    skinny = {d: skinny_linear_time(_sampler(gens[d]), len(r), device) for d in decoders}
+    skinny = {d: skinny_of(gens[d], len(r), device) for d in decoders}
     floor = floors(parts.model, r, {}, rate, 1)["time/generate"]
     base = decoders[-1]
     print(
@@ -292,8 +292,12 @@ def _generate_only(args, cfg, parts, gens, decoders, device) -> dict[str, Any]:
     return out
 
 
-def _sampler(gen: Any) -> nn.Module:
-    return getattr(gen, "sampler", gen.model)  # the loop's bfloat16 copy, else the policy
+def skinny_of(gen: Any, rows: int, device: torch.device) -> float:
+    """``skinny_linear_time`` of the weights ``gen`` samples with (the loop's bfloat16 copy, else the policy)."""
+    if not isinstance(gen, FastHFGenerator):
+        return skinny_linear_time(gen.model, rows, device)
+    with gen.sampler_weights() as sampler:
+        return skinny_linear_time(sampler, rows, device)
 
 
 def _ms(skinny: dict[str, float]) -> str:
@@ -313,17 +317,18 @@ def _report(args, cfg, device, build_s, runs, peaks, floor, rate, skinny, ref_cm
         f"≤ {cfg.generation.max_new_tokens} new tokens, mean {_mean(first, 'completion/tokens'):.0f}; "
         f"mean of {len(first)} steps per decoder after 1 warm-up, decoders alternated step by step"
     )
-    header = "".join(f"{d + ' s':>12}" for d in decoders)
-    print(f"  {'phase':<18}{header}{'floor s':>10}{decoders[0] + '/floor':>17}{decoders[0] + '/' + base:>21}")
+    w = max(12, *(len(d) + 4 for d in decoders))  # column width
+    header = "".join(f"{d + ' s':>{w}}" for d in decoders)
+    print(f"  {'phase':<18}{header}{'floor s':>10}{'/floor':>{w}}{'/' + base:>{w}}   (ratios: {decoders[0]})")
     table = {}
     for k in keys:
         v = {d: _mean(runs[d], k) for d in decoders}
         fl = floor.get(k)
         ratio = v[decoders[0]] / v[base] if v[base] else float("nan")
         inner = "   (inside score)" if k in SCORE_PARTS else ""
-        cols = "".join(f"{v[d]:12.3f}" for d in decoders)
-        fcols = f"{fl:10.3f}{v[decoders[0]] / fl:17.1f}" if fl else f"{'':10}{'':17}"
-        print(f"  {k:<18}{cols}{fcols}{ratio:21.2f}{inner}")
+        cols = "".join(f"{v[d]:{w}.3f}" for d in decoders)
+        fcols = f"{fl:10.3f}{v[decoders[0]] / fl:{w}.1f}" if fl else f"{'':10}{'':{w}}"
+        print(f"  {k:<18}{cols}{fcols}{ratio:{w}.2f}{inner}")
         table[k] = {**v, "floor": fl, "ratio": ratio}
     tok_s = {d: _mean(runs[d], "completion/tokens") * g.batch_size / _mean(runs[d], "time/generate") for d in decoders}
     steps = _mean(first, "completion/tokens_max")

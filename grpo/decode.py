@@ -192,7 +192,7 @@ class FastHFGenerator(HFGenerator):
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], group_size: int) -> Rollouts:
         self._logps = []
-        with self._cast_weights():
+        with self.sampler_weights():
             rollouts = super().generate(prompt_ids, group_size)
         if not self.return_logps or not self._logps:
             return rollouts
@@ -202,16 +202,17 @@ class FastHFGenerator(HFGenerator):
 
     @contextlib.contextmanager
     @torch.no_grad()
-    def _cast_weights(self) -> Iterator[None]:
-        """The copy's parameters := the policy's cast to ``sampler_dtype``, for one ``generate``; then freed."""
+    def sampler_weights(self) -> Iterator[nn.Module]:
+        """The module that samples: the policy, or the copy with the policy's parameters cast to
+        ``sampler_dtype`` for the duration (one ``generate``), freed after it."""
         if self.sampler is self.model:
-            yield
+            yield self.model
             return
         pairs = list(zip(self.sampler.parameters(), self.model.parameters(), strict=True))
         try:
             for dst, src in pairs:
                 dst.data = src.detach().to(self.sampler_dtype if src.is_floating_point() else src.dtype)
-            yield
+            yield self.sampler
         finally:
             for dst, _ in pairs:
                 dst.data = dst.data.new_empty(0)

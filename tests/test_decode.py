@@ -245,7 +245,8 @@ def test_bfloat16_sampler_weights_follow_the_policy_and_return_their_logprobs():
     assert all(p.numel() == 0 and not p.requires_grad for p in s.parameters())
     assert all(p.dtype == torch.float32 and p.numel() > 0 and p.requires_grad for p in model.parameters())
     assert all(b.dtype == torch.float32 for b in s.buffers() if b.is_floating_point())
-    with gen._cast_weights():
+    with gen.sampler_weights() as sampler:
+        assert sampler is s
         for q, p in zip(s.parameters(), model.parameters(), strict=True):
             assert torch.equal(q, p.detach().bfloat16())
 
