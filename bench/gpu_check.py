@@ -7,13 +7,15 @@ Parts (each timed, each failure recorded in the JSON instead of ending the run; 
 every part, so a timeout keeps what finished):
 
 1. ``steps``: GRPO steps in bf16 autocast, the tiny Llasa layout and SmolKartoffel's shape (random weights,
-   vocabulary 114,696), both ``hf`` decoders alternated step by step, β = 0.04, a synthetic token-set reward
-   (no codec or Whisper needed): per-phase seconds, tokens/s, peak CUDA memory, and the reference log-prob gap
-   of a bfloat16 reference copy vs the float32 one under the same autocast.
+   vocabulary 114,696), the ``hf`` decoders (loop, loop with bfloat16 sampler weights, generate) alternated
+   step by step, β = 0.04, a synthetic token-set reward (no codec or Whisper needed): per-phase seconds,
+   tokens/s, peak CUDA memory, the bf16 sampler's log-prob gap, and the reference log-prob gap of a bfloat16
+   reference copy vs the float32 one under the same autocast.
 2. ``logprob_head``: fwd+bwd of the per-token log-prob head at V = 193,800 and 4 × 1,024 tokens, naive
    ``log_softmax(logits).gather`` vs ``grpo.logprobs.selective_logprobs`` (chunk 256 and 1,024): peak CUDA memory
    above the inputs, and seconds.
-3. ``generation``: tokens/s of the fast loop vs ``model.generate`` at SmolKartoffel's shape, 64 rows × 256.
+3. ``generation``: tokens/s of the fast loop (policy and bfloat16 sampler weights) vs ``model.generate`` at
+   SmolKartoffel's shape, 64 rows × 256.
 4. ``codec``: the full-size X-Codec2 decoder (random weights, 187 M parameters) on 5 s, 10 s and 8 × 5 s.
 """
 
@@ -112,9 +114,11 @@ def steps(quick: bool, shapes: list[str]) -> dict[str, Any]:
         data = [Prompt(ids=tuple(torch.randint(2, vocab, (40,), generator=g).tolist())) for _ in range(8)]
         ref = place_reference(llama(shape), cfg.grpo, DEVICE)  # float32 (the default)
         autocast = autocast_factory(DEVICE, "bf16")
+        kw = {"pad_id": 0, "stop_ids": [STOP], "autocast": autocast}
         gens = {
-            "loop": FastHFGenerator(model, cfg.generation, pad_id=0, stop_ids=[STOP], autocast=autocast),
-            "generate": HFGenerator(model, cfg.generation, pad_id=0, stop_ids=[STOP], autocast=autocast),
+            "loop": FastHFGenerator(model, cfg.generation, **kw),
+            "loop_bf16_weights": FastHFGenerator(model, cfg.generation, **kw, sampler_dtype=torch.bfloat16),
+            "generate": HFGenerator(model, cfg.generation, **kw),
         }
         tr = GRPOTrainer(model, gens["loop"], TokenRangeScorer(vocab // 2), data, cfg, ref_model=ref)
         runs: dict[str, list[dict[str, float]]] = {d: [] for d in gens}
@@ -134,8 +138,12 @@ def steps(quick: bool, shapes: list[str]) -> dict[str, Any]:
             tokens = sum(r["completion/tokens"] for r in rows) / len(rows) * prompts * group
             res[d]["generate_tokens_per_s"] = tokens / res[d]["time/generate"]
             res[d]["peak_cuda_bytes"] = mem[d]
-        loop, base = res["loop"], res["generate"]
-        res["ratio_loop_to_generate"] = {k: loop[k] / base[k] for k in loop if base.get(k)}  # CPU: no CUDA bytes
+        base = res["generate"]
+        for d in ("loop", "loop_bf16_weights"):  # CPU: no CUDA bytes
+            res[f"ratio_{d}_to_generate"] = {k: res[d][k] / base[k] for k in res[d] if base.get(k)}
+        res["loop_bf16_weights"]["is_abs_logp_diff_mean"] = sum(
+            r["is/abs_logp_diff_mean"] for r in runs["loop_bf16_weights"]
+        ) / len(runs["loop_bf16_weights"])
         res["reference_bf16_vs_fp32"] = reference_gap(ref, tr.last_rollouts, cfg, autocast)
         out[shape] = res
         del tr, model, ref, gens
@@ -201,8 +209,15 @@ def generation(quick: bool, shapes: list[str]) -> dict[str, Any]:
     prompts = [torch.randint(2, vocab, (40,), generator=g).tolist() for _ in range(rows // 4)]
     out: dict[str, Any] = {"shape": shapes[-1], "rows": rows, "max_new_tokens": new_tokens}
     for rep in range(2):  # round 0 warms up
-        for name, cls in (("loop", FastHFGenerator), ("generate", HFGenerator)):
-            gen = cls(model, cfg, pad_id=0, stop_ids=[STOP], autocast=autocast)
+        makers = {
+            "loop": lambda: FastHFGenerator(model, cfg, pad_id=0, stop_ids=[STOP], autocast=autocast),
+            "loop_bf16_weights": lambda: FastHFGenerator(
+                model, cfg, pad_id=0, stop_ids=[STOP], autocast=autocast, sampler_dtype=torch.bfloat16
+            ),
+            "generate": lambda: HFGenerator(model, cfg, pad_id=0, stop_ids=[STOP], autocast=autocast),
+        }
+        for name, make in makers.items():
+            gen = make()
             _sync()
             t = time.perf_counter()
             r = gen.generate(prompts, 4)
@@ -210,7 +225,8 @@ def generation(quick: bool, shapes: list[str]) -> dict[str, Any]:
             dt = time.perf_counter() - t
             if rep:
                 out[name] = {"s": dt, "tokens_per_s": float(r.completion_mask.sum()) / dt}
-    out["speedup_loop_vs_generate"] = out["loop"]["tokens_per_s"] / out["generate"]["tokens_per_s"]
+    for name in ("loop", "loop_bf16_weights"):
+        out[f"speedup_{name}_vs_generate"] = out[name]["tokens_per_s"] / out["generate"]["tokens_per_s"]
     return out
 
 

@@ -29,10 +29,10 @@ class GenerationConfig:
     # hf backend: "loop" is grpo/decode.py (static KV cache, inverse-CDF sampling: the same distribution,
     # faster); "generate" is transformers' model.generate
     hf_decoder: Literal["loop", "generate"] = "loop"
-    # hf loop: "policy" samples with the policy's own weights (the sampler is the policy); "bfloat16" with a
-    # bfloat16 copy refreshed after every update: a decode step at a few rows reads every weight once, so half
-    # the bytes is ~1.7x the tokens/s on a CPU (bench/decode.py); its log-probs are returned and the loss is
-    # reweighted by pi_old / pi_sampler, as for vLLM. Costs the copy's memory (2 bytes per parameter).
+    # hf loop: "policy" samples with the policy's own weights (the sampler is the policy); "bfloat16" with
+    # bfloat16 copies of them, cast at each generation and freed after it: a decode step at a few rows reads
+    # every weight once, so half the bytes is ~1.4x the tokens/s of the loop on a CPU (bench/step.py); its
+    # log-probs are returned and the loss is reweighted by pi_old / pi_sampler, as for vLLM.
     hf_sampler_weights: Literal["policy", "bfloat16"] = "policy"
     vllm_gpu_memory_utilization: float = 0.3  # vllm_colocate: the engine's share of the training GPU
     vllm_sleep: bool = False  # vllm_colocate: free the engine's GPU memory between generations (sleep mode)

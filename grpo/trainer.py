@@ -409,6 +409,7 @@ class GRPOTrainer:
                 self._refuse_non_finite(update.sums["loss"], update.grad_norm)
                 self._updated_this_step = True  # from here on the step's state is no longer the last completed one
                 self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)  # spent: not held through the next generation
                 self.scheduler.step()
                 updates.append(update)
 

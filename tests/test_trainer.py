@@ -53,9 +53,14 @@ def test_accumulated_gradient_equals_full_batch_gradient(tmp_path, aggregation):
         tmp_path,
         model=copy.deepcopy(initial),
         grpo={"micro_batch_size": 3, "batch_size": 8, "loss_aggregation": aggregation, "advantage_scale": "batch"},
-        optim={"max_grad_norm": 0.0},  # no clipping: p.grad keeps the raw gradient after the step
+        optim={"max_grad_norm": 0.0},  # no clipping: the optimizer sees the raw gradient
+    )
+    seen: dict[str, torch.Tensor] = {}  # the gradients as the optimizer step receives them (freed after it)
+    tr.optimizer.register_step_pre_hook(
+        lambda *_: seen.update({n: p.grad.clone() for n, p in tr.policy.named_parameters()})
     )
     tr.train_step()
+    assert all(p.grad is None for p in tr.policy.parameters())  # not held through the next generation
     r = tr.last_rollouts
     rewards = TokenSetScorer(SCORER_TARGET).score(r).rewards
     adv = group_advantages(rewards, r.group_size, "batch")
@@ -67,8 +72,8 @@ def test_accumulated_gradient_equals_full_batch_gradient(tmp_path, aggregation):
     )
     loss.backward()
     assert adv.abs().sum() > 0
-    for (name, p), q in zip(tr.policy.named_parameters(), initial.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+    for (name, _), q in zip(tr.policy.named_parameters(), initial.parameters(), strict=True):
+        torch.testing.assert_close(seen[name], q.grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_activation_checkpointing_changes_memory_not_the_update(tmp_path):
