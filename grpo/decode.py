@@ -6,6 +6,8 @@ bookkeeping (logits processors, stopping criteria, input preparation, a growing 
 
 * one ``StaticCache`` allocated for prompt + budget, a preallocated attention mask, explicit position ids
   (left padding: a row's positions count its real tokens only, as ``generate`` does);
+* the prompt prefilled once per distinct prompt, not once per row (a group's G completions share it), its
+  keys and values then copied to every row of the group;
 * the processed distribution built like transformers' processors, in their order (repetition penalty, then
   temperature, top-k, top-p), only the parts that are switched on;
 * **inverse-CDF sampling**: one uniform number per row against the cumulative sum of ``exp(z - max z)``.
@@ -125,15 +127,25 @@ def decode(
     # Asking whether every row has stopped is a host sync: on a GPU it would stall the queue of launched
     # kernels each step, so there it is asked every 8 steps (the extra steps' tokens fall after the stops).
     check_every = 8 if device.type == "cuda" else 1
-    out = model(input_ids=ids, attention_mask=attn[:, :width], position_ids=positions, cache=cache, logits_to_keep=1)
+    # A group's G rows share one prompt: prefill each distinct row once, then copy its cache to the others
+    # (what vLLM's prefix cache does). rep[k] is a row of distinct prompt k, inverse[i] the prompt of row i.
+    _, inverse = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
+    rep = torch.empty(int(inverse.max()) + 1, dtype=torch.long, device=device).scatter_(
+        0, inverse, torch.arange(n, device=device)
+    )
+    out = model(
+        input_ids=ids[rep], attention_mask=attn[rep, :width], position_ids=positions[rep], cache=cache, logits_to_keep=1
+    )
+    logits = out.logits[inverse, -1]  # [n, V]
+    cache.reorder_cache(inverse)  # every row's own copy of its prompt's keys and values
     seen = None
     if params.repetition_penalty != 1.0:  # the penalty covers the prompt's real tokens and everything sampled
         # scatter_add, not scatter: a pad id that is also a real prompt token must stay marked
-        counts = torch.zeros((n, out.logits.shape[-1]), dtype=torch.long, device=device)
+        counts = torch.zeros((n, logits.shape[-1]), dtype=torch.long, device=device)
         seen = counts.scatter_add_(1, ids, mask.long()) > 0
     steps = 0
     for t in range(budget):
-        z = process_logits(out.logits[:, -1].float(), params, seen)
+        z = process_logits(logits.float(), params, seen)
         tok, logp = sample(z, sampling)
         tokens[:, t] = tok.masked_fill(done, pad_id)
         logps[:, t] = logp.masked_fill(done, 0.0)
@@ -144,13 +156,13 @@ def decode(
         if seen is not None:
             seen.scatter_(1, tok[:, None], True)
         attn[:, width + t] = 1
-        out = model(
+        logits = model(
             input_ids=tok[:, None],
             attention_mask=attn[:, : width + t + 1],
             position_ids=(lengths + t)[:, None],
             cache=cache,
             logits_to_keep=1,
-        )
+        ).logits[:, -1]
     tokens, logps = tokens[:, :steps], logps[:, :steps]
     keep, finished = completion_mask(tokens, stop_ids)
     return Decoded(tokens.masked_fill(keep == 0, pad_id), keep, finished, logps * keep)

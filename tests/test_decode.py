@@ -84,6 +84,17 @@ def test_same_seed_same_tokens_as_generate_with_its_sampling_method():
     assert b.sampler_logps is None  # temperature only: the trainer's log-probs are the sampler's
 
 
+def test_each_distinct_prompt_is_prefilled_once():
+    """A group's rows share their prompt: the prefill runs on the distinct prompts (here 2 of 6 rows, one of them
+    asked for twice), then every step on all rows; the tokens are those of generate (the test above)."""
+    model = tiny_llama(seed=4)
+    shapes: list[tuple[int, ...]] = []
+    model.register_forward_pre_hook(lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    gen = FastHFGenerator(model, GenerationConfig(max_new_tokens=3), pad_id=PAD, stop_ids=[STOP])
+    r = gen.generate([[3, 4], [5], [3, 4]], 2)
+    assert shapes[0] == (2, 2) and set(shapes[1:]) <= {(6, 1)} and r.completion_ids.shape[0] == 6
+
+
 def test_stops_per_row_and_pads_after_the_stop():
     model = _stop_likely(seed=2)
     cfg = GenerationConfig(max_new_tokens=10, temperature=1.3, batch_size=6)  # 6 → two calls of 2 groups
