@@ -31,7 +31,7 @@ class GenerationConfig:
     hf_decoder: Literal["loop", "generate"] = "loop"
     # hf loop: "policy" samples with the policy's own weights (the sampler is the policy); "bfloat16" with
     # bfloat16 copies of them, cast at each generation and freed after it: a decode step at a few rows reads
-    # every weight once, so half the bytes is ~1.4x the tokens/s of the loop on a CPU (bench/step.py); its
+    # every weight once, so half the bytes is ~1.3x the tokens/s of the loop on a CPU (bench/step.py); its
     # log-probs are returned and the loss is reweighted by pi_old / pi_sampler, as for vLLM.
     hf_sampler_weights: Literal["policy", "bfloat16"] = "policy"
     vllm_gpu_memory_utilization: float = 0.3  # vllm_colocate: the engine's share of the training GPU
