@@ -93,3 +93,33 @@ def test_recipe_prompts_resolve_language_once_and_normalise_ref_text(tmp_path: P
     scorer = recipe.build_scorer(cfg, vocab, examples)
     assert scorer.rate_band == cfg.reward.rate_band  # one clip: percentiles would collapse to one rate
     assert scorer.hook.decode_with_reference
+
+
+def test_the_recipe_builds_the_hf_generator_the_config_names() -> None:
+    """generation.hf_decoder / hf_sampler_weights pick the generator: the loop (policy or bf16 weights) or
+    model.generate, all with the vocabulary's end-of-speech id as the stop."""
+    from transformers import AutoTokenizer
+
+    from grpo.decode import FastHFGenerator
+    from grpo.generation import HFGenerator
+    from llasa_grpo import recipe
+    from tests.grpo_fixtures import tiny_llama
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets()[0])
+    vocab = SpeechVocab.from_tokenizer(tokenizer)
+    model = tiny_llama()
+    built = {}
+    for name, sets in {
+        "loop": [],
+        "bf16": ['generation.hf_sampler_weights="bfloat16"'],
+        "generate": ['generation.hf_decoder="generate"'],
+    }.items():
+        cfg = recipe.load("tiny.toml", sets)
+        built[name] = recipe.build_generator(cfg, model, vocab, 0, torch.device("cpu"))
+        assert list(built[name].stop_ids) == [vocab.stop_id]
+    assert type(built["generate"]) is HFGenerator
+    assert isinstance(built["loop"], FastHFGenerator) and built["loop"].sampler is model
+    bf16 = built["bf16"]
+    assert isinstance(bf16, FastHFGenerator) and bf16.sampler is not model and bf16.return_logps
+    with bf16.sampler_weights() as sampler:
+        assert {p.dtype for p in sampler.parameters()} == {torch.bfloat16}
