@@ -208,16 +208,14 @@ def generation(quick: bool, shapes: list[str]) -> dict[str, Any]:
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(2, vocab, (40,), generator=g).tolist() for _ in range(rows // 4)]
     out: dict[str, Any] = {"shape": shapes[-1], "rows": rows, "max_new_tokens": new_tokens}
+    kw = {"pad_id": 0, "stop_ids": [STOP], "autocast": autocast}
+    gens = {
+        "loop": FastHFGenerator(model, cfg, **kw),
+        "loop_bf16_weights": FastHFGenerator(model, cfg, **kw, sampler_dtype=torch.bfloat16),
+        "generate": HFGenerator(model, cfg, **kw),
+    }
     for rep in range(2):  # round 0 warms up
-        makers = {
-            "loop": lambda: FastHFGenerator(model, cfg, pad_id=0, stop_ids=[STOP], autocast=autocast),
-            "loop_bf16_weights": lambda: FastHFGenerator(
-                model, cfg, pad_id=0, stop_ids=[STOP], autocast=autocast, sampler_dtype=torch.bfloat16
-            ),
-            "generate": lambda: HFGenerator(model, cfg, pad_id=0, stop_ids=[STOP], autocast=autocast),
-        }
-        for name, make in makers.items():
-            gen = make()
+        for name, gen in gens.items():
             _sync()
             t = time.perf_counter()
             r = gen.generate(prompts, 4)

@@ -42,8 +42,10 @@ def importance_weights(
     level: Level = "token",
     cap: float = 3.0,
     mode: Mode = "truncate",
+    stats: bool = True,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Return the per-token weights w [B, C] (0 on padding) and mismatch statistics for logging."""
+    """Return the per-token weights w [B, C] (0 on padding) and mismatch statistics for logging (``stats=False``:
+    none, an empty dict; each statistic is a host sync on a GPU, so the trainer's micro-batches skip them)."""
     if cap <= 0:
         raise ValueError(f"[grpo] importance cap={cap}: must be > 0 (3 is the usual choice)")
     if level not in ("token", "sequence") or mode not in ("truncate", "mask"):
@@ -60,11 +62,13 @@ def importance_weights(
     ratio = log_w.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()  # finite for any finite (or ±inf) log w
     kept = ratio.clamp(max=cap) if mode == "truncate" else torch.where(capped, torch.zeros_like(ratio), ratio)
     weights = torch.where(m.bool(), kept, torch.zeros_like(kept))
+    if not stats:
+        return weights, {}
 
     on = m.bool()
     abs_delta = delta.abs()[on]
     r = ratio[on]
-    stats = {
+    return weights, {
         "is/abs_logp_diff_mean": float(abs_delta.mean()) if r.numel() else 0.0,
         "is/abs_logp_diff_max": float(abs_delta.max()) if r.numel() else 0.0,
         "is/ratio_min": float(r.min()) if r.numel() else 1.0,
@@ -72,4 +76,3 @@ def importance_weights(
         "is/ratio_max": float(r.max()) if r.numel() else 1.0,
         "is/capped_frac": float(capped[on].float().mean()) if r.numel() else 0.0,
     }
-    return weights, stats

@@ -384,7 +384,7 @@ class GRPOTrainer:
                     old = logps.detach() if batch.old_logps is None else batch.old_logps[rows, :c]  # π_old rule
                     weights = None
                     if sampler_logps is not None:
-                        weights = self._importance(old, sampler_logps[rows, :c], cmask)[0]
+                        weights = self._importance(old, sampler_logps[rows, :c], cmask, stats=False)[0]
                         if iteration == 0:
                             seen_old[rows, :c] = old
                     loss, loss_stats = grpo_loss(
@@ -423,10 +423,10 @@ class GRPOTrainer:
         sizes = {"group_size": g.group_size, "world_size": self.dist.world_size}
         return step_metrics(rollouts, {**scores.metrics, **is_stats}, rewards_all, updates, times, **sizes)
 
-    def _importance(self, old: Tensor, sampler: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def _importance(self, old: Tensor, sampler: Tensor, mask: Tensor, **kw: bool) -> tuple[Tensor, dict[str, float]]:
         g = self.cfg.grpo
         return importance_weights(
-            old, sampler, mask, level=g.importance_level, cap=g.importance_cap, mode=g.importance_mode
+            old, sampler, mask, level=g.importance_level, cap=g.importance_cap, mode=g.importance_mode, **kw
         )
 
     def _refuse_non_finite(self, loss: float, grad_norm: float) -> None:

@@ -79,6 +79,8 @@ def test_token_level_truncation_by_hand():
     assert stats["is/ratio_max"] == pytest.approx(math.exp(0.5))
     assert stats["is/abs_logp_diff_max"] == pytest.approx(1.5)
     assert stats["is/capped_frac"] == pytest.approx(0.5)
+    w_only, none = importance_weights(old, sampler, mask, level="token", cap=1.5, mode="truncate", stats=False)
+    assert torch.equal(w_only, w) and none == {}  # the trainer's micro-batches: same weights, no host syncs
 
 
 def test_mask_mode_drops_tokens_beyond_the_cap():
