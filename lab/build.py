@@ -2,6 +2,8 @@
 
 Every stage writes its result into ``--out`` and is skipped when that result exists, so an interrupted build
 continues where it stopped; ``--toy`` runs the whole chain at a size that takes seconds (tests use it).
+The decoder-only stage runs in a child process beside the first SFT phase, one thread each: it reads and
+writes only the codec folder, and the LM reads only the codes, which its fixed encoder wrote before.
 The final assets are ``OUT/codec`` (lab-xcodec2) and ``OUT/llasa`` (lab-llasa); ``OUT/summary.json`` holds
 sizes, times and the measurements of ``lab.report``.
 """
@@ -22,6 +24,7 @@ from lab.codec import CodecTrainConfig
 from lab.sft import SFTConfig
 
 DECODER_DONE = "decoder.done"  # marker in the codec folder: the decoder-only stage has run
+DECODER_LOG = "decoder_loss.json"  # in the build folder (the codec folder is what gets packed)
 STAGES = ("corpus", "codec", "encode", "decoder", "sft", "sft2", "report")  # sft2: all of sft_more
 
 
@@ -32,11 +35,15 @@ class BuildConfig:
     num_lm: int = 300
     seed: int = 0
     codec: CodecTrainConfig = field(default_factory=CodecTrainConfig)
-    # decoder-only training on the fixed encoder's codes, longer crops; independent of the LM stage
+    # decoder-only training on the fixed encoder's codes, longer crops; independent of the LM stage, so it
+    # runs beside the first SFT phase, each on one thread (decoder_beside_sft)
     decoder: CodecTrainConfig = field(
-        default_factory=lambda: CodecTrainConfig(steps=2000, batch=8, crop_frames=128, lr=5e-4, min_lr=5e-5, seed=1)
+        default_factory=lambda: CodecTrainConfig(
+            steps=2000, batch=8, crop_frames=128, lr=5e-4, min_lr=5e-5, seed=1, threads=1
+        )
     )
-    sft: SFTConfig = field(default_factory=SFTConfig)
+    decoder_beside_sft: bool = True
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(threads=1))
     # further SFT phases, each from the previous phase's model with a fresh (lower) cosine schedule
     sft_more: tuple[SFTConfig, ...] = (
         SFTConfig(steps=1500, lr=6e-4, min_lr=2e-5, warmup=50, seed=1),
@@ -67,10 +74,28 @@ def load_wavs(corpus: Path, utts: list) -> list[np.ndarray]:
     return [load_audio(corpus / u.audio) for u in utts]
 
 
+def train_decoder(corpus_dir: Path, codec_dir: Path, cfg: CodecTrainConfig, log_file: Path) -> None:
+    """The decoder-only stage: train the decoder on the fixed encoder's codes, save, mark done, write the log.
+
+    A top-level function, so that the build can run it in a child process beside the first SFT phase."""
+    from lab import corpus as corpus_mod
+    from lab.codec import LabEncoder, save_codec, train_codec
+    from tts.codec import XCodec2Decoder
+
+    t0 = time.time()
+    train = [u for u in corpus_mod.read_manifest(corpus_dir) if u.split == "train"]
+    init = (LabEncoder.from_pretrained(codec_dir), XCodec2Decoder.from_pretrained(codec_dir))
+    enc, dec, log = train_codec(load_wavs(corpus_dir, train), cfg, init=init, bar_position=1)
+    save_codec(codec_dir, enc, dec)  # same encoder weights, so codes.npz stays valid
+    _write_json(log_file, {"seconds": round(time.time() - t0, 1), "loss": log})
+    (codec_dir / DECODER_DONE).write_text("decoder trained on the fixed encoder\n")
+
+
 def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict:
     from lab import corpus as corpus_mod
     from lab.codec import LabEncoder, save_codec, train_codec
 
+    started = time.time()
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "summary.json"
     summary: dict = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -120,28 +145,41 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
             np.savez_compressed(codes_file, **codes)
 
         timed("encode", encode_stage)
-    if "decoder" in stages and not (codec_dir / DECODER_DONE).is_file():
+    decoder_pending = "decoder" in stages and not (codec_dir / DECODER_DONE).is_file()
+    sft_pending = "sft" in stages and not (llasa_dir / "config.json").is_file()
 
-        def decoder_stage() -> None:
-            from tts.codec import XCodec2Decoder
-
-            train = [u for u in utts if u.split == "train"]
-            init = (LabEncoder.from_pretrained(codec_dir), XCodec2Decoder.from_pretrained(codec_dir))
-            enc, dec, log = train_codec(load_wavs(corpus_dir, train), cfg.decoder, init=init)
-            save_codec(codec_dir, enc, dec)  # same encoder weights, so codes.npz stays valid
-            (codec_dir / DECODER_DONE).write_text("decoder trained on the fixed encoder\n")
-            summary["decoder_loss"] = log
-
-        timed("decoder", decoder_stage)
-    if "sft" in stages and not (llasa_dir / "config.json").is_file():
+    def sft_stage() -> None:
         from lab.sft import train_lm
 
-        def sft_stage() -> None:
-            codes = dict(np.load(codes_file))
-            summary["sft_loss"] = train_lm(
-                llasa_dir, utts, codes, cfg.sft, sentences=corpus_mod.sentences(cfg.num_sentences, cfg.seed)
-            )
+        codes = dict(np.load(codes_file))
+        sentences = corpus_mod.sentences(cfg.num_sentences, cfg.seed)
+        summary["sft_loss"] = train_lm(llasa_dir, utts, codes, cfg.sft, sentences=sentences)
 
+    if decoder_pending and sft_pending and cfg.decoder_beside_sft:
+        # Two one-thread jobs use the two cores better than one two-thread job after the other (each scales
+        # only ~1.5x to two threads), and the decoder touches nothing the LM reads (the encoder stays fixed).
+        import multiprocessing
+
+        child = multiprocessing.get_context("spawn").Process(
+            target=train_decoder, args=(corpus_dir, codec_dir, cfg.decoder, out / DECODER_LOG), name="lab-decoder"
+        )
+        child.start()
+        try:
+            timed("sft", sft_stage)
+        except BaseException:
+            child.terminate()  # its stage stays pending (decoder.done is written last), so a rerun redoes it
+            raise
+        finally:
+            child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"[lab] the decoder stage (a child process) failed with exit code {child.exitcode}")
+    elif decoder_pending:
+        train_decoder(corpus_dir, codec_dir, cfg.decoder, out / DECODER_LOG)
+    if decoder_pending:
+        child_log = json.loads((out / DECODER_LOG).read_text())
+        times["decoder"], summary["decoder_loss"] = child_log["seconds"], child_log["loss"]
+        _write_json(summary_path, summary)
+    if "sft" in stages and not (llasa_dir / "config.json").is_file():  # (done above when beside the decoder)
         timed("sft", sft_stage)
     for i, phase in enumerate(cfg.sft_more):
         done = llasa_dir / f"sft{i + 2}.done"
@@ -173,12 +211,13 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
                 )
             ),
         )
-    summary["seconds_total"] = round(sum(times.values()), 1)
+    # wall time over every invocation (the stages' own times overlap where the decoder ran beside the LM)
+    summary["seconds_total"] = round(summary.get("seconds_total", 0.0) + time.time() - started, 1)
     _write_json(summary_path, summary)
     return summary
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def _write_json(path: Path, obj: object) -> None:
     from atomicfs import write_text
 
     write_text(path, json.dumps(obj, indent=2) + "\n")

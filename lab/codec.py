@@ -178,7 +178,7 @@ class CodecTrainConfig:
     min_lr: float = 1e-4
     warmup: int = 100
     seed: int = 0
-    threads: int = 1  # the 2-core machine shares its cores with the rest of the build's users
+    threads: int = 2
 
 
 def random_crops(wavs: Sequence[np.ndarray], batch: int, samples: int, rng: np.random.Generator) -> Tensor:
@@ -201,6 +201,7 @@ def train_codec(
     encoder_config: EncoderConfig = EncoderConfig(),
     init: tuple[LabEncoder, XCodec2Decoder] | None = None,
     log_every: int = 50,
+    bar_position: int = 0,
 ) -> tuple[LabEncoder, XCodec2Decoder, list[dict[str, float]]]:
     """Train encoder + decoder jointly on random crops of ``wavs``; returns them and the loss log.
 
@@ -226,7 +227,9 @@ def train_codec(
 
     log: list[dict[str, float]] = []
     t0, running = time.time(), 0.0
-    bar = tqdm(range(cfg.steps), desc="[lab] codec" if init is None else "[lab] decoder", unit="step")
+    bar = tqdm(
+        range(cfg.steps), desc="[lab] codec" if init is None else "[lab] decoder", unit="step", position=bar_position
+    )
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = cfg.lr * schedule(step)

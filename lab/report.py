@@ -23,11 +23,13 @@ from tts.constants import CODES_PER_SECOND
 LOOP_MAX_PERIOD, LOOP_MIN_S = 8, 1.0  # the issue's definition: codes cycling with period ≤ 8 for ≥ 1 s
 
 
-def whisper(beam_size: int = 1, threads: int = 2) -> Any:
+def whisper(beam_size: int = 1, threads: int = 2, window_s: float = 30.0) -> Any:
+    """Whisper base (``window_s`` 10 is how lab.toml's reward runs it: the lab's clips are at most 8 s)."""
     from reward.asr.whisper import WhisperTranscriber
     from reward.config import TranscriberConfig
 
-    return WhisperTranscriber(TranscriberConfig(model="whisper-base-pypi", beam_size=beam_size, cpu_threads=threads))
+    cfg = TranscriberConfig(model="whisper-base-pypi", beam_size=beam_size, cpu_threads=threads, window_s=window_s)
+    return WhisperTranscriber(cfg)
 
 
 def looped(codes: np.ndarray) -> bool:
@@ -191,7 +193,7 @@ def measure(
     from tts.audio import load_audio
 
     corpus_dir = out / "corpus"
-    transcriber = whisper(beam_size=5)  # as the tests measure: beam 1 adds its own errors
+    transcriber = whisper(beam_size=5, window_s=10.0)  # beam 1 adds its own errors; the reward's 10 s window
     held = [u for u in utts if u.split == "heldout"][:n]
     wer_espeak, wer_codec = codec_wers(
         out / "codec", [u.text for u in held], [load_audio(corpus_dir / u.audio) for u in held], transcriber
