@@ -29,7 +29,6 @@ Measured on this CPU (Whisper base beam 5; T 0.9, 300 tokens):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -40,13 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from grpo.config import GenerationConfig
-    from grpo.generation import HFGenerator
     from lab import corpus
     from lab.report import LabSystem, summarize, whisper
     from llasa_grpo import recipe
-    from reward.hook import SpeechHook
-    from tts.llasa import PromptFormat, build_prompt_ids
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=recipe.LAB_MODEL, help="lab-llasa or a model folder")
@@ -68,8 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         recipe.resolve_asset(args.model), recipe.resolve_asset(args.codec), whisper(beam_size=5, window_s=args.window)
     )
     texts = [json.loads(line)["text"] for line in args.data.read_text().splitlines()[: args.rows]]
-    fmt = PromptFormat()
-    prompts = [build_prompt_ids(system.tokenizer, fmt, t, vocab=system.vocab) for t in texts]
+    rows = [{"text": t} for t in texts]
+    prompts = system.prompt_ids(rows)
     if args.onset or args.nll:
         utts = [u for u in corpus.read_manifest(args.build / "corpus") if u.lm and u.split == "train"]
         codes = dict(np.load(args.build / "codes.npz"))
@@ -92,19 +87,18 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{u.speaker} {t[:44]:44s} NLL mean {nll.mean():.3f}, largest {worst}")
     if args.onset:
         onsets = [system.vocab.codes_to_ids(codes[own[t][0].id][: args.onset]).tolist() for t in texts]
-        prompts = [p + onset for p, onset in zip(prompts, onsets, strict=True)]
-    gen = HFGenerator(
-        system.model,
-        GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, temperature=temperature, top_p=1.0, top_k=0),
-        pad_id=system.vocab.stop_id,
-        stop_ids=[system.vocab.stop_id],
-    )
-    hook = SpeechHook(system.vocab, system.decoder, system.transcriber)
-    meta = tuple({"text": t, "language": "en"} for t in texts for _ in range(args.group_size))
+        prompts = [ids + onset for ids, onset in zip(prompts, onsets, strict=True)]
     means = []
     for seed in args.seeds:
-        torch.manual_seed(seed)
-        stats = summarize(hook(dataclasses.replace(gen.generate(prompts, args.group_size), meta=meta)))
+        out = system.speak(
+            rows,
+            temperature=temperature,
+            group_size=args.group_size,
+            max_new_tokens=cfg.generation.max_new_tokens,
+            seed=seed,
+            prompts=prompts,
+        )
+        stats = summarize(out)
         means.append(stats["wer_mean"])
         print(f"seed {seed}: {stats}", flush=True)
     print(f"WER mean over seeds {args.seeds}: {np.mean(means):.3f} (T {temperature}, onset {args.onset} codes)")

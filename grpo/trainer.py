@@ -423,10 +423,12 @@ class GRPOTrainer:
         sizes = {"group_size": g.group_size, "world_size": self.dist.world_size}
         return step_metrics(rollouts, {**scores.metrics, **is_stats}, rewards_all, updates, times, **sizes)
 
-    def _importance(self, old: Tensor, sampler: Tensor, mask: Tensor, **kw: bool) -> tuple[Tensor, dict[str, float]]:
+    def _importance(
+        self, old: Tensor, sampler: Tensor, mask: Tensor, *, stats: bool = True
+    ) -> tuple[Tensor, dict[str, float]]:
         g = self.cfg.grpo
         return importance_weights(
-            old, sampler, mask, level=g.importance_level, cap=g.importance_cap, mode=g.importance_mode, **kw
+            old, sampler, mask, level=g.importance_level, cap=g.importance_cap, mode=g.importance_mode, stats=stats
         )
 
     def _refuse_non_finite(self, loss: float, grad_norm: float) -> None:

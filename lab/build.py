@@ -173,14 +173,15 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
             child.join()
         if child.exitcode != 0:
             raise RuntimeError(f"[lab] the decoder stage (a child process) failed with exit code {child.exitcode}")
-    elif decoder_pending:
-        train_decoder(corpus_dir, codec_dir, cfg.decoder, out / DECODER_LOG)
+    else:
+        if decoder_pending:
+            train_decoder(corpus_dir, codec_dir, cfg.decoder, out / DECODER_LOG)
+        if sft_pending:
+            timed("sft", sft_stage)
     if decoder_pending:
         child_log = json.loads((out / DECODER_LOG).read_text())
         times["decoder"], summary["decoder_loss"] = child_log["seconds"], child_log["loss"]
         _write_json(summary_path, summary)
-    if "sft" in stages and not (llasa_dir / "config.json").is_file():  # (done above when beside the decoder)
-        timed("sft", sft_stage)
     for i, phase in enumerate(cfg.sft_more):
         done = llasa_dir / f"sft{i + 2}.done"
         if "sft2" not in stages or done.is_file():

@@ -60,25 +60,12 @@ class LabSystem:
         decoder = XCodec2Decoder.from_pretrained(codec_dir)
         return cls(model, tok, SpeechVocab.from_tokenizer(tok), decoder, transcriber or whisper(), Path(codec_dir))
 
-    def speak(
-        self,
-        rows: Sequence[Mapping[str, Any]],
-        *,
-        temperature: float,
-        group_size: int = 2,
-        max_new_tokens: int = 400,
-        seed: int = 0,
-    ) -> list[Any]:
-        """rows: text (+ ref_text, ref_codes for cloning), language -> ``group_size`` SpeechRollouts per row (≥ 2)."""
-        import dataclasses
-
-        from grpo.config import GenerationConfig
-        from grpo.generation import HFGenerator
-        from reward.hook import SpeechHook
+    def prompt_ids(self, rows: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+        """rows: text (+ ref_text, ref_codes for cloning) -> the Llasa prompt of each."""
         from tts.llasa import PromptFormat, build_prompt_ids
 
         fmt = PromptFormat()
-        prompts = [
+        return [
             build_prompt_ids(
                 self.tokenizer,
                 fmt,
@@ -89,6 +76,27 @@ class LabSystem:
             )
             for r in rows
         ]
+
+    def speak(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        temperature: float,
+        group_size: int = 2,
+        max_new_tokens: int = 400,
+        seed: int = 0,
+        prompts: Sequence[list[int]] | None = None,
+    ) -> list[Any]:
+        """rows: text (+ ref_text, ref_codes for cloning), language -> ``group_size`` SpeechRollouts per row (≥ 2).
+
+        ``prompts``: sample from these instead of the rows' own prompts (``prompt_ids``; e.g. with codes appended)."""
+        import dataclasses
+
+        from grpo.config import GenerationConfig
+        from grpo.generation import HFGenerator
+        from reward.hook import SpeechHook
+
+        prompts = self.prompt_ids(rows) if prompts is None else prompts
         gen = HFGenerator(
             self.model,
             GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, top_k=0),
