@@ -7,7 +7,8 @@ with leading / trailing silence trimmed to ``KEEP_SILENCE_S``. ``manifest.jsonl`
     {"id": "u00012", "text": "...", "speaker": "f1", "split": "train", "lm": true, "audio": "wav/u00012.wav"}
 
 ``split`` is ``train`` or ``heldout`` (held-out sentences are never used to train the codec or the LM);
-``lm`` marks the sentences the LM is fine-tuned on (each spoken by two speakers, for voice cloning).
+``lm`` marks the sentences the LM is fine-tuned on, each spoken by two speakers: ``PLAIN_SPEAKER``, the voice of
+plain (reference-free) prompts, and one other, so that cloning has the same text in two voices.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ SPEAKERS = (
     Speaker("f2", "en-us+f4", 75, 175),
 )
 SPEAKER_BY_NAME = {s.name: s for s in SPEAKERS}
+# Plain prompts name no voice, so their target must not depend on one: with a sentence's two voices drawn at
+# random, the LM had to guess from the text which voice's onset code to start with, and a wrong guess led into
+# another memorised sentence of that voice (bench/lab_speak.py). Every LM sentence has this voice.
+PLAIN_SPEAKER = "m1"
 
 NAMES = (
     "Anna Ben Clara David Emma Frank Grace Henry Iris Jack Kate Leo Mia Noah Olivia Paul Rosa Sam Tina Victor"
@@ -129,7 +134,7 @@ class Utterance:
 
 
 def plan(num_sentences: int, num_heldout: int, num_lm: int, seed: int) -> list[Utterance]:
-    """Which sentence is spoken by whom: LM sentences by two speakers, the others by one."""
+    """Which sentence is spoken by whom: LM sentences by ``PLAIN_SPEAKER`` and one other, the others by one."""
     if num_heldout + num_lm > num_sentences:
         raise ValueError(f"[lab] num_heldout={num_heldout} + num_lm={num_lm} exceed num_sentences={num_sentences}")
     rng = random.Random(seed + 1)
@@ -139,7 +144,8 @@ def plan(num_sentences: int, num_heldout: int, num_lm: int, seed: int) -> list[U
     for i, text in enumerate(texts):
         split = "heldout" if i < num_heldout else "train"
         lm = num_heldout <= i < num_heldout + num_lm
-        speakers = rng.sample(names, 2) if lm else [rng.choice(names)]
+        others = [n for n in names if n != PLAIN_SPEAKER]
+        speakers = [PLAIN_SPEAKER, rng.choice(others)] if lm else [rng.choice(names)]
         for spk in speakers:
             uid = f"u{len(out):05d}"
             out.append(Utterance(uid, text, spk, split, lm, f"wav/{uid}.wav"))

@@ -15,8 +15,9 @@ That is the full softmax over the whole vocabulary at the cost of a small one; a
 e(c) are written into the ordinary embedding matrix, so the saved model needs nothing of this module
 (``test_lab`` checks that the saved model's log-probabilities equal the factorised ones).
 
-Examples are plain prompts (``build_prompt_ids(text)``) and voice-cloning prompts (the reference transcript
-and codes of another utterance of the same speaker); the loss covers the target codes and the end token only.
+Examples are plain prompts (``build_prompt_ids(text)``; the target in the corpus' plain voice) and voice-cloning
+prompts (the reference transcript and codes of another utterance of the same speaker); the loss covers the
+target codes and the end token only.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from grpo.trainer import lr_lambda
+from lab.corpus import PLAIN_SPEAKER
 from tts.llasa import NUM_CODES, PromptFormat, SpeechVocab, build_prompt_ids
 
 DIGITS, LEVELS = 8, 4
@@ -158,17 +160,34 @@ class Example:
 
 
 def make_examples(
-    utts: Sequence[Any], codes: Mapping[str, np.ndarray], tokenizer: Any, vocab: SpeechVocab, fmt: PromptFormat
+    utts: Sequence[Any],
+    codes: Mapping[str, np.ndarray],
+    tokenizer: Any,
+    vocab: SpeechVocab,
+    fmt: PromptFormat,
+    plain_speaker: str = PLAIN_SPEAKER,
 ) -> tuple[list[Example], dict[str, list[Example]]]:
-    """Plain examples (one per utterance) and, per utterance id, its cloning examples (one per reference)."""
+    """Plain examples (one per utterance) and, per utterance id, its cloning examples (one per reference).
+
+    A plain example's target is its sentence in ``plain_speaker``'s voice where the corpus has that (every LM
+    sentence does), so that a plain prompt has one right answer; a cloning example's is the utterance itself,
+    with each of its speaker's four shortest other sentences as reference."""
     by_speaker: dict[str, list[Any]] = {}
     for u in utts:
         by_speaker.setdefault(u.speaker, []).append(u)
+    plain_voice = {u.text: u for u in utts if u.speaker == plain_speaker}
+
+    def target_of(u: Any) -> tuple[int, ...]:
+        return (*vocab.codes_to_ids(codes[u.id]).tolist(), vocab.stop_id)
+
     plain, clone = [], {}
     for u in utts:
-        target = (*vocab.codes_to_ids(codes[u.id]).tolist(), vocab.stop_id)
-        plain.append(Example(tuple(build_prompt_ids(tokenizer, fmt, u.text, vocab=vocab)), target))
-        refs = [r for r in by_speaker[u.speaker] if r.text != u.text]
+        target = target_of(u)
+        prompt = tuple(build_prompt_ids(tokenizer, fmt, u.text, vocab=vocab))
+        plain.append(Example(prompt, target_of(plain_voice.get(u.text, u))))
+        # the speaker's shortest other sentences: short prompts, and the first is the reference clip that
+        # `python -m lab pack` ships for that voice (data/lab_refs), so the lab's cloning rows are in-distribution
+        refs = sorted((r for r in by_speaker[u.speaker] if r.text != u.text), key=lambda r: (len(r.text), r.id))
         clone[u.id] = [
             Example(
                 tuple(build_prompt_ids(tokenizer, fmt, u.text, ref_text=r.text, ref_codes=codes[r.id], vocab=vocab)),
