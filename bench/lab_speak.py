@@ -3,6 +3,7 @@
     python bench/lab_speak.py --seeds 0 1 2 3                         # the committed lab-llasa, lab.toml's T
     python bench/lab_speak.py --seeds 0 1 2 3 --onset 3 --build runs/lab-build
     python bench/lab_speak.py --model runs/lab-build-v2/llasa --codec runs/lab-build-v2/codec --seeds 0 1 2 3
+    python bench/lab_speak.py --rows 32 --group-size 8 --window 10 --per-row      # each row's spread
 
 The test (``tests/test_lab.py``) samples 8 training sentences × 2 at one seed; this prints that measurement
 for each seed and their mean. ``--onset K`` appends the first K codes of the sentence's own utterance (from the
@@ -24,6 +25,19 @@ Measured on this CPU (Whisper base beam 5; T 0.9, 300 tokens):
 - a build with today's layout (``python -m lab build --out runs/lab-build-v2``, not committed; see the
   README), ``--window 10``: seeds 0-3: 0.458 0.371 0.310 0.433 (0.393); ``--group-size 4``, seeds 0-1: 0.463
   0.570; about 0.45 over those 128 samples.
+- the onset's voice: each LM sentence had two voices drawn at random, and a plain prompt names none. The first
+  code is nearly fixed by the first word and the voice (conditional entropy 0.12 nats over the LM utterances),
+  and the sibling puts all its mass on the right ones for consonant-initial sentences ("The", "Please", "We":
+  1.00) but not for vowel-initial ones, whose onset differs by voice ("Iris" 0.06, "After" 0.24, "Anna" 0.37):
+  sampling another voice's onset, it continues a sentence that voice did speak. Its free-run samples with the
+  right first 3 codes: WER 0.27 (49 of 64), with a wrong start 1.31.
+- so the corpus now gives every LM sentence the plain voice m1 (plus one other) and plain prompts target m1
+  (``lab.corpus.PLAIN_SPEAKER``). That build (``runs/lab-build-v3``, before its second decoder phase, not
+  committed): seeds 0-3 0.390 0.231 0.231 0.231 (0.271) at T 0.9; but ``--per-row --group-size 8 --window
+  10`` (the reward's Whisper, beam 1) finds no spread within a group on 30 of 32 rows (capped WER 0.28): it
+  says each sentence the same way every time. Spread comes at higher temperatures: T 1.3, 16 rows, 0.30 with
+  one or two samples of 8 derailed on most rows; T 1.4, 32 rows, 0.42; T 1.6, 16 rows, 0.46. This bench at T
+  1.3: 0.512 0.277 0.298 0.367 (0.364); at T 1.4: 0.560 0.358 0.330 0.424 (0.418).
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     from lab import corpus
     from lab.report import LabSystem, summarize, whisper
     from llasa_grpo import recipe
+    from reward.normalize import error_rate
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=recipe.LAB_MODEL, help="lab-llasa or a model folder")
@@ -55,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--build", type=Path, default=REPO / "runs" / "lab-build", help="for --onset / --nll")
     p.add_argument("--onset", type=int, default=0, help="append the first K true codes to each prompt")
     p.add_argument("--nll", action="store_true", help="teacher-forced NLL per utterance of the rows' texts")
+    p.add_argument("--per-row", action="store_true", help="each row's capped WER per sample (GRPO's spread)")
     args = p.parse_args(argv)
 
     cfg = recipe.load(REPO / "lab.toml")
@@ -100,6 +116,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         stats = summarize(out)
         means.append(stats["wer_mean"])
+        if args.per_row:
+            g = args.group_size
+            for i, t in enumerate(texts):
+                capped = [min(1.0, error_rate(t, r.transcript.text, "en")) for r in out[g * i : g * (i + 1)]]
+                print(f"{i:3d} {t[:40]:40s} mean {np.mean(capped):.2f} sd {np.std(capped):.2f}  "
+                      + " ".join(f"{w:.2f}" for w in capped))  # fmt: skip
         print(f"seed {seed}: {stats}", flush=True)
     print(f"WER mean over seeds {args.seeds}: {np.mean(means):.3f} (T {temperature}, onset {args.onset} codes)")
 

@@ -25,7 +25,7 @@ from lab.sft import SFTConfig
 
 DECODER_DONE = "decoder.done"  # marker in the codec folder: the decoder-only stage has run
 DECODER_LOG = "decoder_loss.json"  # in the build folder (the codec folder is what gets packed)
-STAGES = ("corpus", "codec", "encode", "decoder", "sft", "sft2", "report")  # sft2: all of sft_more
+STAGES = ("corpus", "codec", "encode", "decoder", "sft", "sft2", "decoder2", "report")  # *2: all later phases
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class BuildConfig:
         )
     )
     decoder_beside_sft: bool = True
+    # further decoder-only phases after the LM, each from the previous decoder with a fresh cosine schedule (the
+    # codes stay those the LM learnt); the first stage's loss was still falling, and its WER missed the bound
+    decoder_more: tuple[CodecTrainConfig, ...] = (
+        CodecTrainConfig(steps=1500, batch=8, crop_frames=128, lr=3e-4, min_lr=3e-5, warmup=20, seed=3, threads=2),
+    )
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(threads=1))
     # further SFT phases, each from the previous phase's model with a fresh (lower) cosine schedule
     sft_more: tuple[SFTConfig, ...] = (
@@ -60,6 +65,7 @@ TOY = BuildConfig(
     num_lm=6,
     codec=CodecTrainConfig(steps=3, batch=2, crop_frames=16, warmup=1),
     decoder=CodecTrainConfig(steps=2, batch=2, crop_frames=16, warmup=1),
+    decoder_more=(CodecTrainConfig(steps=2, batch=2, crop_frames=16, warmup=1, seed=3),),
     sft=replace(SFTConfig(), steps=3, batch=2, hidden=32, layers=1, heads=2, vocab=300, warmup=1),
     sft_more=(replace(SFTConfig(), steps=2, batch=2, hidden=32, layers=1, heads=2, vocab=300, warmup=1, seed=1),),
     report_sentences=2,
@@ -74,8 +80,10 @@ def load_wavs(corpus: Path, utts: list) -> list[np.ndarray]:
     return [load_audio(corpus / u.audio) for u in utts]
 
 
-def train_decoder(corpus_dir: Path, codec_dir: Path, cfg: CodecTrainConfig, log_file: Path) -> None:
-    """The decoder-only stage: train the decoder on the fixed encoder's codes, save, mark done, write the log.
+def train_decoder(
+    corpus_dir: Path, codec_dir: Path, cfg: CodecTrainConfig, log_file: Path, done: str = DECODER_DONE
+) -> None:
+    """A decoder-only stage: train the decoder on the fixed encoder's codes, save, write the log, mark done.
 
     A top-level function, so that the build can run it in a child process beside the first SFT phase."""
     from lab import corpus as corpus_mod
@@ -88,7 +96,7 @@ def train_decoder(corpus_dir: Path, codec_dir: Path, cfg: CodecTrainConfig, log_
     enc, dec, log = train_codec(load_wavs(corpus_dir, train), cfg, init=init, bar_position=1)
     save_codec(codec_dir, enc, dec)  # same encoder weights, so codes.npz stays valid
     _write_json(log_file, {"seconds": round(time.time() - t0, 1), "loss": log})
-    (codec_dir / DECODER_DONE).write_text("decoder trained on the fixed encoder\n")
+    (codec_dir / done).write_text("decoder trained on the fixed encoder\n")
 
 
 def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict:
@@ -196,6 +204,14 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
             done.write_text(f"SFT phase {i + 2} done\n")
 
         timed(f"sft{i + 2}", sft_more_stage)
+    for i, phase in enumerate(cfg.decoder_more):
+        name = f"decoder{i + 2}"
+        if "decoder2" not in stages or (codec_dir / f"{name}.done").is_file():
+            continue
+        log_file = out / f"{name}_loss.json"
+        timed(name, lambda p=phase, f=log_file, n=name: train_decoder(corpus_dir, codec_dir, p, f, f"{n}.done"))
+        summary[f"{name}_loss"] = json.loads(log_file.read_text())["loss"]
+        _write_json(summary_path, summary)
     if "report" in stages:
         from lab.report import measure
 

@@ -45,6 +45,36 @@ def test_factorised_softmax_equals_the_exported_model() -> None:
     assert torch.allclose(again.embed(ids), head.embed(ids), atol=1e-4)
 
 
+def test_plain_prompts_have_one_voice_and_cloning_prompts_their_own() -> None:
+    """Every LM sentence is spoken by the plain voice and one other; a plain example's target is the plain
+    voice's codes (whichever utterance it came from), a cloning example's its own, with the speaker's shortest
+    other sentences as references."""
+    import numpy as np
+
+    from lab.sft import make_examples
+    from tts.llasa import PromptFormat
+
+    utts = [u for u in corpus.plan(40, 4, 12, seed=0) if u.lm]
+    voices: dict[str, list[str]] = {}
+    for u in utts:
+        voices.setdefault(u.text, []).append(u.speaker)
+    assert len(voices) == 12
+    assert all(v[0] == corpus.PLAIN_SPEAKER != v[1] for v in voices.values()), voices
+    codes = {u.id: np.array([i, i + 1]) for i, u in enumerate(utts)}  # codes that tell the utterances apart
+    tok = build_tokenizer()
+    vocab = SpeechVocab.from_tokenizer(tok)
+    plain, clone = make_examples(utts, codes, tok, vocab, PromptFormat())
+    ids = {u.id: (*vocab.codes_to_ids(codes[u.id]).tolist(), vocab.stop_id) for u in utts}
+    in_plain_voice = {u.text: u.id for u in utts if u.speaker == corpus.PLAIN_SPEAKER}
+    for u, example in zip(utts, plain, strict=True):
+        assert example.target == ids[in_plain_voice[u.text]]
+        assert all(c.target == ids[u.id] for c in clone[u.id])
+    other = next(u for u in utts if u.speaker != corpus.PLAIN_SPEAKER)
+    refs = sorted((r for r in utts if r.speaker == other.speaker and r.text != other.text), key=lambda r: len(r.text))
+    first = clone[other.id][0].prompt
+    assert set(vocab.codes_to_ids(codes[refs[0].id]).tolist()) <= set(first)  # the shortest reference's codes
+
+
 def test_encoder_codes_decode_on_the_decoder_grid() -> None:
     """A code written by the lab encoder is the FSQ point the decoder's index decoding reads back."""
     torch.manual_seed(0)
@@ -64,10 +94,11 @@ def test_build_runs_end_to_end_at_toy_size(tmp_path: Path) -> None:
 
     speech_fixtures.require_speech_tools()
     summary = build(tmp_path / "b", TOY)
-    assert set(summary["seconds"]) == {"corpus", "codec", "encode", "decoder", "sft", "sft2", "report"}
+    assert set(summary["seconds"]) == {"corpus", "codec", "encode", "decoder", "sft", "sft2", "decoder2", "report"}
     # the decoder ran in a child process beside the first SFT phase: it marked its stage done, its log came back
     assert TOY.decoder_beside_sft and (tmp_path / "b" / "codec" / DECODER_DONE).is_file()
     assert summary["seconds"]["decoder"] == json.loads((tmp_path / "b" / DECODER_LOG).read_text())["seconds"] > 0
+    assert (tmp_path / "b" / "codec" / "decoder2.done").is_file()  # the later decoder phase, after the LM
     assert summary["report"]["codec"]["heldout_n"] == 2 and summary["report"]["lm"]["T1.0_seen"]["n"] == 4
     again = build(tmp_path / "b", TOY, ("corpus", "codec", "encode", "sft"))  # resumable: done stages skip
     assert again["seconds"]["codec"] == summary["seconds"]["codec"]
