@@ -3,7 +3,7 @@
     python bench/lab_speak.py --seeds 0 1 2 3                         # the committed lab-llasa, lab.toml's T
     python bench/lab_speak.py --seeds 0 1 2 3 --onset 3 --build runs/lab-build
     python bench/lab_speak.py --model runs/lab-build-v2/llasa --codec runs/lab-build-v2/codec --seeds 0 1 2 3
-    python bench/lab_speak.py --rows 32 --group-size 8 --window 10 --per-row      # each row's spread
+    python bench/lab_speak.py --rows 32 --group-size 8 --window 10 --beam 1 --per-row  # spread, as the reward sees it
 
 The test (``tests/test_lab.py``) samples 8 training sentences × 2 at one seed; this prints that measurement
 for each seed and their mean. ``--onset K`` appends the first K codes of the sentence's own utterance (from the
@@ -33,8 +33,9 @@ Measured on this CPU (Whisper base beam 5; T 0.9, 300 tokens):
   right first 3 codes: WER 0.27 (49 of 64), with a wrong start 1.31.
 - so the corpus now gives every LM sentence the plain voice m1 (plus one other) and plain prompts target m1
   (``lab.corpus.PLAIN_SPEAKER``). That build (``runs/lab-build-v3``, before its second decoder phase, not
-  committed): seeds 0-3 0.390 0.231 0.231 0.231 (0.271) at T 0.9; but ``--per-row --group-size 8 --window
-  10`` (the reward's Whisper, beam 1) finds no spread within a group on 30 of 32 rows (capped WER 0.28): it
+  committed): seeds 0-3 0.390 0.231 0.231 0.231 (0.271) at T 0.9; but 32 rows × 8 with the reward's Whisper
+  (``--per-row --group-size 8 --window 10 --beam 1``; measured by a probe of the same settings that seeded
+  each 8 rows apart) show no spread within a group on 30 of 32 rows (capped WER 0.28): it
   says each sentence the same way every time. Spread comes at higher temperatures: T 1.3, 16 rows, 0.30 with
   one or two samples of 8 derailed on most rows; T 1.4, 32 rows, 0.42; T 1.6, 16 rows, 0.46. This bench at T
   1.3: 0.512 0.277 0.298 0.367 (0.364); at T 1.4: 0.560 0.358 0.330 0.424 (0.418).
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--temperature", type=float, default=None, help="default: lab.toml's")
     p.add_argument("--window", type=float, default=30.0, help="Whisper's window in seconds (the test's: 30)")
+    p.add_argument("--beam", type=int, default=5, help="Whisper's beam (the test's: 5; the reward's: 1)")
     p.add_argument("--build", type=Path, default=REPO / "runs" / "lab-build", help="for --onset / --nll")
     p.add_argument("--onset", type=int, default=0, help="append the first K true codes to each prompt")
     p.add_argument("--nll", action="store_true", help="teacher-forced NLL per utterance of the rows' texts")
@@ -76,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = recipe.load(REPO / "lab.toml")
     temperature = cfg.generation.temperature if args.temperature is None else args.temperature
     system = LabSystem.load(
-        recipe.resolve_asset(args.model), recipe.resolve_asset(args.codec), whisper(beam_size=5, window_s=args.window)
+        recipe.resolve_asset(args.model),
+        recipe.resolve_asset(args.codec),
+        whisper(beam_size=args.beam, window_s=args.window),
     )
     texts = [json.loads(line)["text"] for line in args.data.read_text().splitlines()[: args.rows]]
     rows = [{"text": t} for t in texts]

@@ -54,6 +54,16 @@ def test_thousands_separators_and_decimal_marks_per_language():
     assert error_rate("It costs 1,000 dollars.", "it costs one thousand dollars", "en") == 0.0
 
 
+def test_a_number_too_large_to_spell_reads_digit_by_digit():
+    """Whisper transcribed a lab sample as "564" and hundreds of zeros; num2words raised OverflowError, which
+    stopped a training run. Read digit by digit, it is just a very wrong transcript."""
+    assert normalize("564" + "0" * 400, "en") == " ".join(["five", "six", "four"] + ["zero"] * 400)
+    assert normalize("5" * 400 + ",5", "de").split()[-3:] == ["fünf", "fünf", "fünf"]
+    assert normalize("564" + "0" * 3, "en") == "five hundred and sixty four thousand"  # in range: unchanged
+    # 9 reference words ("... five hundred and sixty four"), at least 400 inserted
+    assert error_rate("My room number is 564.", "my room number is 564" + "0" * 400, "en") >= 400 / 9
+
+
 def test_wer_term_is_exp_minus_wer_and_cer_variant():
     assert get_term("wer")(rollout(said="der zug fährt um acht uhr ab"), CTX) == 1.0
     r = rollout(text="eins zwei drei vier", said="eins zwei drei")
