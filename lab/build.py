@@ -3,7 +3,8 @@
 Every stage writes its result into ``--out`` and is skipped when that result exists, so an interrupted build
 continues where it stopped; ``--toy`` runs the whole chain at a size that takes seconds (tests use it).
 The decoder-only stage runs in a child process beside the first SFT phase, one thread each: it reads and
-writes only the codec folder, and the LM reads only the codes, which its fixed encoder wrote before.
+writes only the codec folder, and the LM reads only the codes, which its fixed encoder wrote before; a second
+decoder-only phase follows the LM, on both threads.
 The final assets are ``OUT/codec`` (lab-xcodec2) and ``OUT/llasa`` (lab-llasa); ``OUT/summary.json`` holds
 sizes, times and the measurements of ``lab.report``.
 """
