@@ -82,7 +82,12 @@ def load_wavs(corpus: Path, utts: list) -> list[np.ndarray]:
 
 
 def train_decoder(
-    corpus_dir: Path, codec_dir: Path, cfg: CodecTrainConfig, log_file: Path, done: str = DECODER_DONE
+    corpus_dir: Path,
+    codec_dir: Path,
+    cfg: CodecTrainConfig,
+    log_file: Path,
+    done: str = DECODER_DONE,
+    bar_position: int = 0,
 ) -> None:
     """A decoder-only stage: train the decoder on the fixed encoder's codes, save, write the log, mark done.
 
@@ -94,7 +99,7 @@ def train_decoder(
     t0 = time.time()
     train = [u for u in corpus_mod.read_manifest(corpus_dir) if u.split == "train"]
     init = (LabEncoder.from_pretrained(codec_dir), XCodec2Decoder.from_pretrained(codec_dir))
-    enc, dec, log = train_codec(load_wavs(corpus_dir, train), cfg, init=init, bar_position=1)
+    enc, dec, log = train_codec(load_wavs(corpus_dir, train), cfg, init=init, bar_position=bar_position)
     save_codec(codec_dir, enc, dec)  # same encoder weights, so codes.npz stays valid
     _write_json(log_file, {"seconds": round(time.time() - t0, 1), "loss": log})
     (codec_dir / done).write_text("decoder trained on the fixed encoder\n")
@@ -116,6 +121,11 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
         t0 = time.time()
         fn()
         times[name] = round(time.time() - t0, 1)
+        _write_json(summary_path, summary)
+
+    def record_decoder(name: str, log_file: Path) -> None:  # a decoder stage times itself (it may be a child)
+        got = json.loads(log_file.read_text())
+        times[name], summary[f"{name}_loss"] = got["seconds"], got["loss"]
         _write_json(summary_path, summary)
 
     if "corpus" in stages and not (corpus_dir / "manifest.jsonl").is_file():
@@ -170,7 +180,9 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
         import multiprocessing
 
         child = multiprocessing.get_context("spawn").Process(
-            target=train_decoder, args=(corpus_dir, codec_dir, cfg.decoder, out / DECODER_LOG), name="lab-decoder"
+            target=train_decoder,
+            args=(corpus_dir, codec_dir, cfg.decoder, out / DECODER_LOG, DECODER_DONE, 1),  # its bar on line 2
+            name="lab-decoder",
         )
         child.start()
         try:
@@ -188,9 +200,7 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
         if sft_pending:
             timed("sft", sft_stage)
     if decoder_pending:
-        child_log = json.loads((out / DECODER_LOG).read_text())
-        times["decoder"], summary["decoder_loss"] = child_log["seconds"], child_log["loss"]
-        _write_json(summary_path, summary)
+        record_decoder("decoder", out / DECODER_LOG)
     for i, phase in enumerate(cfg.sft_more):
         done = llasa_dir / f"sft{i + 2}.done"
         if "sft2" not in stages or done.is_file():
@@ -209,10 +219,8 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
         name = f"decoder{i + 2}"
         if "decoder2" not in stages or (codec_dir / f"{name}.done").is_file():
             continue
-        log_file = out / f"{name}_loss.json"
-        timed(name, lambda p=phase, f=log_file, n=name: train_decoder(corpus_dir, codec_dir, p, f, f"{n}.done"))
-        summary[f"{name}_loss"] = json.loads(log_file.read_text())["loss"]
-        _write_json(summary_path, summary)
+        train_decoder(corpus_dir, codec_dir, phase, out / f"{name}_loss.json", f"{name}.done")
+        record_decoder(name, out / f"{name}_loss.json")
     if "report" in stages:
         from lab.report import measure
 

@@ -140,11 +140,11 @@ def plan(num_sentences: int, num_heldout: int, num_lm: int, seed: int) -> list[U
     rng = random.Random(seed + 1)
     texts = sentences(num_sentences, seed)
     names = [s.name for s in SPEAKERS]
+    others = [n for n in names if n != PLAIN_SPEAKER]
     out: list[Utterance] = []
     for i, text in enumerate(texts):
         split = "heldout" if i < num_heldout else "train"
         lm = num_heldout <= i < num_heldout + num_lm
-        others = [n for n in names if n != PLAIN_SPEAKER]
         speakers = [PLAIN_SPEAKER, rng.choice(others)] if lm else [rng.choice(names)]
         for spk in speakers:
             uid = f"u{len(out):05d}"

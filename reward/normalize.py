@@ -44,7 +44,7 @@ def spell_numbers(text: str, language: str) -> str:
             return f" {num2words(value, lang=lang)} "
         except NotImplementedError:  # a language num2words lacks: leave the digits
             return token
-        except OverflowError:  # beyond num2words (Whisper on babble wrote 564 and 300 zeros): digit by digit
+        except OverflowError:  # beyond num2words (Whisper on babble wrote 564 and hundreds of zeros): digit by digit
             return " " + " ".join(num2words(int(d), lang=lang) for d in token if d.isdigit()) + " "
 
     return number.sub(words, text)
