@@ -121,11 +121,16 @@ def main(argv: list[str] | None = None) -> None:
         stats = summarize(out)
         means.append(stats["wer_mean"])
         if args.per_row:
-            g = args.group_size
+            g, sds, bests = args.group_size, [], []
             for i, t in enumerate(texts):
                 capped = [min(1.0, error_rate(t, r.transcript.text, "en")) for r in out[g * i : g * (i + 1)]]
-                print(f"{i:3d} {t[:40]:40s} mean {np.mean(capped):.2f} sd {np.std(capped):.2f}  "
+                sds.append(float(np.std(capped)))
+                bests.append(min(capped))
+                print(f"{i:3d} {t[:40]:40s} mean {np.mean(capped):.2f} sd {sds[-1]:.2f}  "
                       + " ".join(f"{w:.2f}" for w in capped))  # fmt: skip
+            # GRPO's room: a row without spread gives no advantage; best-of-g is what sharpening can reach
+            print(f"rows with spread {sum(sd > 0 for sd in sds)}/{len(sds)}, mean sd {np.mean(sds):.3f}, "
+                  f"best of {g} {np.mean(bests):.3f}")  # fmt: skip
         print(f"seed {seed}: {stats}", flush=True)
     print(f"WER mean over seeds {args.seeds}: {np.mean(means):.3f} (T {temperature}, onset {args.onset} codes)")
 

@@ -6,7 +6,10 @@ The decoder-only stage runs in a child process beside the first SFT phase, one t
 writes only the codec folder, and the LM reads only the codes, which its fixed encoder wrote before; a second
 decoder-only phase follows the LM, on both threads.
 The final assets are ``OUT/codec`` (lab-xcodec2) and ``OUT/llasa`` (lab-llasa); ``OUT/summary.json`` holds
-sizes, times and the measurements of ``lab.report``.
+sizes, times and the measurements of ``lab.report``. ``OUT/snapshots/<phase>/step-K`` keep the LM along the way
+(each phase's end, and every ``snapshot_every`` steps of the later phases): how imperfectly a model speaks is
+what GRPO needs, and it depends on how far the SFT went. ``--codec FOLDER`` (or ``lab-xcodec2``) reuses a
+trained codec instead of training one: the LM stages alone take ~40 of the build's ~75 minutes.
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ class BuildConfig:
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(threads=1))
     # further SFT phases, each from the previous phase's model with a fresh (lower) cosine schedule
     sft_more: tuple[SFTConfig, ...] = (
-        SFTConfig(steps=1500, lr=6e-4, min_lr=2e-5, warmup=50, seed=1),
-        SFTConfig(steps=1200, lr=3e-4, min_lr=1e-5, warmup=20, seed=2),
+        SFTConfig(steps=1500, lr=6e-4, min_lr=2e-5, warmup=50, seed=1, snapshot_every=300),
+        SFTConfig(steps=1200, lr=3e-4, min_lr=1e-5, warmup=20, seed=2, snapshot_every=300),
     )
     report_sentences: int = 16  # per group in the summary's WER measurements
     report_temperatures: tuple[float, ...] = (0.6, 0.8, 1.0)
@@ -68,7 +71,11 @@ TOY = BuildConfig(
     decoder=CodecTrainConfig(steps=2, batch=2, crop_frames=16, warmup=1),
     decoder_more=(CodecTrainConfig(steps=2, batch=2, crop_frames=16, warmup=1, seed=3),),
     sft=replace(SFTConfig(), steps=3, batch=2, hidden=32, layers=1, heads=2, vocab=300, warmup=1),
-    sft_more=(replace(SFTConfig(), steps=2, batch=2, hidden=32, layers=1, heads=2, vocab=300, warmup=1, seed=1),),
+    sft_more=(
+        replace(
+            SFTConfig(), steps=2, batch=2, hidden=32, layers=1, heads=2, vocab=300, warmup=1, seed=1, snapshot_every=1
+        ),
+    ),
     report_sentences=2,
     report_temperatures=(1.0,),
     report_max_new_tokens=40,
@@ -105,7 +112,8 @@ def train_decoder(
     (codec_dir / done).write_text("decoder trained on the fixed encoder\n")
 
 
-def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict:
+def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES, codec: str | None = None) -> dict:
+    """Run the stages that have no result in ``out`` yet; ``codec``: reuse that trained codec (``seed_codec``)."""
     from lab import corpus as corpus_mod
     from lab.codec import LabEncoder, save_codec, train_codec
 
@@ -114,6 +122,9 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
     summary_path = out / "summary.json"
     summary: dict = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary["config"] = asdict(cfg)
+    if codec:
+        seed_codec(out, codec, cfg)
+        summary["codec_reused"] = codec
     times = summary.setdefault("seconds", {})
     corpus_dir, codec_dir, codes_file, llasa_dir = out / "corpus", out / "codec", out / "codes.npz", out / "llasa"
 
@@ -167,14 +178,21 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
     decoder_pending = "decoder" in stages and not (codec_dir / DECODER_DONE).is_file()
     sft_pending = "sft" in stages and not (llasa_dir / "config.json").is_file()
 
+    beside = decoder_pending and sft_pending and cfg.decoder_beside_sft
+
+    def keep_phase_end(name: str, steps: int) -> None:  # the next phase overwrites llasa_dir
+        shutil.copytree(llasa_dir, out / "snapshots" / name / f"step-{steps}", dirs_exist_ok=True)
+
     def sft_stage() -> None:
         from lab.sft import train_lm
 
         codes = dict(np.load(codes_file))
         sentences = corpus_mod.sentences(cfg.num_sentences, cfg.seed)
-        summary["sft_loss"] = train_lm(llasa_dir, utts, codes, cfg.sft, sentences=sentences)
+        sft = cfg.sft if beside else replace(cfg.sft, threads=SFTConfig.threads)  # alone: both threads
+        summary["sft_loss"] = train_lm(llasa_dir, utts, codes, sft, sentences=sentences)
+        keep_phase_end("sft", sft.steps)
 
-    if decoder_pending and sft_pending and cfg.decoder_beside_sft:
+    if beside:
         # Two one-thread jobs use the two cores better than one two-thread job after the other (each scales
         # only ~1.5x to two threads), and the decoder touches nothing the LM reads (the encoder stays fixed).
         import multiprocessing
@@ -210,8 +228,10 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
         def sft_more_stage(phase: SFTConfig = phase, i: int = i, done: Path = done) -> None:
             codes = dict(np.load(codes_file))
             sentences = corpus_mod.sentences(cfg.num_sentences, cfg.seed)
-            log = train_lm(llasa_dir, utts, codes, phase, sentences=sentences, init_dir=llasa_dir)
+            snapshots = out / "snapshots" / f"sft{i + 2}"
+            log = train_lm(llasa_dir, utts, codes, phase, sentences=sentences, init_dir=llasa_dir, snapshots=snapshots)
             summary[f"sft{i + 2}_loss"] = log
+            keep_phase_end(f"sft{i + 2}", phase.steps)
             done.write_text(f"SFT phase {i + 2} done\n")
 
         timed(f"sft{i + 2}", sft_more_stage)
@@ -243,6 +263,28 @@ def build(out: Path, cfg: BuildConfig, stages: tuple[str, ...] = STAGES) -> dict
     return summary
 
 
+def seed_codec(out: Path, codec: str, cfg: BuildConfig) -> Path:
+    """Copy a trained codec into a new build folder as if its codec and decoder stages had run.
+
+    The corpus and codes are then made as usual (the codes by this codec's encoder); a build folder that has a
+    codec already keeps it (a rerun of the same command continues the build)."""
+    from llasa_grpo.recipe import resolve_asset
+
+    codec_dir = out / "codec"
+    if (codec_dir / "model.safetensors").is_file():
+        return codec_dir
+    src = Path(resolve_asset(codec))
+    if not (src / "model.safetensors").is_file() or not (src / "config.json").is_file():
+        raise FileNotFoundError(f"[lab] --codec {codec}: {src} holds no codec (model.safetensors + config.json)")
+    tmp = out / "codec.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    for name in [DECODER_DONE] + [f"decoder{i + 2}.done" for i in range(len(cfg.decoder_more))]:
+        (tmp / name).write_text(f"reused from {codec}\n")
+    tmp.rename(codec_dir)  # whole or not at all
+    return codec_dir
+
+
 def _write_json(path: Path, obj: object) -> None:
     from atomicfs import write_text
 
@@ -255,13 +297,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--toy", action="store_true", help="seconds-sized run of every stage (for tests)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--codec", help="reuse this trained codec (a folder, or lab-xcodec2) instead of training one")
     args = p.parse_args(argv)
     stages = tuple(s for s in args.stages.split(",") if s)
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         p.error(f"--stages: unknown {unknown}; known: {list(STAGES)}")
     cfg = replace(TOY if args.toy else BuildConfig(), seed=args.seed)
-    summary = build(args.out, cfg, stages)
+    summary = build(args.out, cfg, stages, codec=args.codec)
     print(json.dumps({k: summary[k] for k in ("seconds", "seconds_total", "report") if k in summary}, indent=2))
 
 

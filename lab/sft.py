@@ -60,6 +60,7 @@ class SFTConfig:
     bf16: bool = True  # CPU bf16 autocast for the body: ~1.4x faster here (avx512_bf16)
     seed: int = 0
     threads: int = 2
+    snapshot_every: int = 0  # also save the model every N steps (``train_lm(snapshots=)``): 0 = only at the end
 
 
 def code_digits(codes: Tensor) -> Tensor:
@@ -219,10 +220,14 @@ def train_lm(
     *,
     sentences: Sequence[str],
     init_dir: Path | None = None,
+    snapshots: Path | None = None,
 ) -> list[dict[str, float]]:
     """Fine-tune on the corpus' LM utterances and save model + tokenizer to ``out_dir``; returns the loss log.
 
     ``init_dir``: continue from that saved model (a second phase with its own schedule) instead of a fresh one.
+    ``snapshots``: with ``cfg.snapshot_every``, a saved model every that many steps, ``snapshots/step-K``: how
+    well the model speaks depends on how far it has memorised its sentences, and GRPO needs a model that speaks
+    them imperfectly, so the build keeps the way there to choose from.
     """
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -275,7 +280,20 @@ def train_lm(
             log.append({"step": step + 1, "loss": running / n, "seconds": round(time.time() - t0, 1)})
             bar.set_postfix(loss=f"{running / n:.3f}")
             running = 0.0
-    head.export()
-    model.half().save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+        every = cfg.snapshot_every
+        if snapshots is not None and every and (step + 1) % every == 0 and step + 1 < cfg.steps:  # the end: out_dir
+            save_lm(head, tokenizer, snapshots / f"step-{step + 1}", copy=True)
+    save_lm(head, tokenizer, out_dir)
     return log
+
+
+def save_lm(head: FactorisedHead, tokenizer: Any, out_dir: Path, *, copy: bool = False) -> None:
+    """Export the factorised rows and save the model in fp16 (``copy``: leave the training model in fp32).
+
+    Training never reads the ordinary embedding matrix (``FactorisedHead`` trains ``text`` and ``digits``), so
+    exporting into it mid-run changes nothing that follows."""
+    import copy as copy_mod
+
+    head.export()
+    (copy_mod.deepcopy(head.model) if copy else head.model).half().save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)

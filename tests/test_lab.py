@@ -7,8 +7,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from lab import corpus
 from lab.codec import EncoderConfig, LabEncoder, fsq_digits
@@ -102,10 +104,28 @@ def test_build_runs_end_to_end_at_toy_size(tmp_path: Path) -> None:
     assert summary["report"]["codec"]["heldout_n"] == 2 and summary["report"]["lm"]["T1.0_seen"]["n"] == 4
     again = build(tmp_path / "b", TOY, ("corpus", "codec", "encode", "sft"))  # resumable: done stages skip
     assert again["seconds"]["codec"] == summary["seconds"]["codec"]
+    # the LM along the way: each phase's end and the later phases' snapshots, the last end the final model
+    snaps = tmp_path / "b" / "snapshots"
+    assert sorted(p.relative_to(snaps).as_posix() for p in snaps.glob("*/step-*")) == [
+        "sft/step-3", "sft2/step-1", "sft2/step-2"
+    ]  # fmt: skip
+    final = load_file(tmp_path / "b" / "llasa" / "model.safetensors")
+    assert all(torch.equal(t, final[k]) for k, t in load_file(snaps / "sft2" / "step-2" / "model.safetensors").items())
+    mid = load_file(snaps / "sft2" / "step-1" / "model.safetensors")
+    assert any(not torch.equal(t, final[k]) for k, t in mid.items())  # one step earlier
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "llasa")
     vocab = SpeechVocab.from_tokenizer(AutoTokenizer.from_pretrained(tmp_path / "b" / "llasa"))
     assert model.config.vocab_size == vocab.first_id + NUM_CODES
     XCodec2Decoder.from_pretrained(tmp_path / "b" / "codec")
+    # --codec: a new build takes that codec as its own and skips the codec and decoder stages
+    reused = build(
+        tmp_path / "c", TOY, ("corpus", "codec", "encode", "decoder", "decoder2"), codec=str(tmp_path / "b" / "codec")
+    )
+    assert set(reused["seconds"]) == {"corpus", "encode"} and reused["codec_reused"] == str(tmp_path / "b" / "codec")
+    assert (tmp_path / "c" / "codec" / "model.safetensors").read_bytes() == (
+        tmp_path / "b" / "codec" / "model.safetensors"
+    ).read_bytes()
+    assert set(np.load(tmp_path / "c" / "codes.npz")) == set(np.load(tmp_path / "b" / "codes.npz"))
     files = pack_build(tmp_path / "b", tmp_path / "repo", train_rows=3, heldout_rows=2)
     assert (tmp_path / "repo" / "lab" / "assets" / "llasa" / "tokenizer.json.gz").is_file()
     assert len(files["train"].read_text().splitlines()) == 3
