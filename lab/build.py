@@ -308,8 +308,13 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({k: summary[k] for k in ("seconds", "seconds_total", "report") if k in summary}, indent=2))
 
 
-def pack_build(build_dir: Path, repo: Path, *, train_rows: int = 32, heldout_rows: int = 32) -> dict[str, Path]:
+def pack_build(
+    build_dir: Path, repo: Path, *, llasa: str = "llasa", train_rows: int = 32, heldout_rows: int = 32
+) -> dict[str, Path]:
     """Copy a finished build into the repository form: ``lab/assets/{llasa,codec}`` and the lab data files.
+
+    ``llasa``: the LM folder inside the build, the final model or a snapshot (``snapshots/sft2/step-900``); the
+    packed model records it, with the build's seed and reused codec, in ``provenance.json``.
 
     Data: ``data/lab_train.jsonl`` (seen sentences, plain prompts), ``data/lab_heldout.jsonl`` (unseen),
     ``data/lab_clone.jsonl`` (seen sentences with a reference clip of one of their two voices, from
@@ -320,9 +325,17 @@ def pack_build(build_dir: Path, repo: Path, *, train_rows: int = 32, heldout_row
     from lab.assets import pack
 
     utts = corpus_mod.read_manifest(build_dir / "corpus")
-    pack(build_dir / "llasa", repo / "lab" / "assets" / "llasa")
+    model = build_dir / llasa
+    if not (model / "config.json").is_file():
+        raise FileNotFoundError(f"[lab] pack: {model} holds no model (config.json); see {build_dir / 'snapshots'}")
+    summary = json.loads((build_dir / "summary.json").read_text())
+    packed = pack(model, repo / "lab" / "assets" / "llasa")
+    provenance = {"build": build_dir.name, "model": llasa, "seed": summary["config"]["seed"]}
+    write_text(
+        packed / "provenance.json", json.dumps({**provenance, "codec_reused": summary.get("codec_reused")}) + "\n"
+    )
     pack(build_dir / "codec", repo / "lab" / "assets" / "codec")
-    sft = json.loads((build_dir / "summary.json").read_text())["config"]["sft"]
+    sft = summary["config"]["sft"]
     seen = list({u.text: u for u in utts if u.lm and u.split == "train"}.values())[: sft["max_sentences"]]
     heldout = [u for u in utts if u.split == "heldout"]
 

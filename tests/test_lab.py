@@ -126,8 +126,12 @@ def test_build_runs_end_to_end_at_toy_size(tmp_path: Path) -> None:
         tmp_path / "b" / "codec" / "model.safetensors"
     ).read_bytes()
     assert set(np.load(tmp_path / "c" / "codes.npz")) == set(np.load(tmp_path / "b" / "codes.npz"))
-    files = pack_build(tmp_path / "b", tmp_path / "repo", train_rows=3, heldout_rows=2)
-    assert (tmp_path / "repo" / "lab" / "assets" / "llasa" / "tokenizer.json.gz").is_file()
+    files = pack_build(tmp_path / "b", tmp_path / "repo", llasa="snapshots/sft2/step-1", train_rows=3, heldout_rows=2)
+    packed = tmp_path / "repo" / "lab" / "assets" / "llasa"
+    assert (packed / "tokenizer.json.gz").is_file()
+    assert load_file(packed / "model.safetensors").keys() == mid.keys()
+    assert all(torch.equal(t, mid[k]) for k, t in load_file(packed / "model.safetensors").items())  # the snapshot
+    assert json.loads((packed / "provenance.json").read_text())["model"] == "snapshots/sft2/step-1"
     assert len(files["train"].read_text().splitlines()) == 3
     for line in files["clone"].read_text().splitlines():
         row = json.loads(line)
