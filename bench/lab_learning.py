@@ -50,6 +50,17 @@ paths): trained level reward 0.843, capped WER 0.384 (KL 0.064 at step 12); froz
 learn: the derailments are rare, and a fixed error (the same wrong word in every sample of a group) gives no
 advantage at all. (This run also found that a transcript of "564" and hundreds of
 zeros crashed the WER's number spelling; ``reward.normalize`` now reads such numbers digit by digit.)
+
+Snapshots of that recipe's LM stages on the committed codec (``runs/lab-build-v4``; README), ``--set
+'model.path="runs/lab-build-v4/snapshots/sft2/step-K"'``, the seed's reward, lr 1e-4, 12 steps:
+- step 900 at T 0.9 (1-2 of 8 samples garbled on about half the rows), texts 6 and 7: trained level capped
+  WER 0.197 (seed 0) and 0.191 (seed 1), reward 0.915 / 0.919; a frozen run, stopped after 8 steps (level of
+  steps 5-8): 0.236, 0.904. The floor (every sample right) is 0.146 / 0.932: too little room to tell apart.
+- step 600 (the committed lab-llasa since) at T 0.8, texts 1 and 6, seeds 0-2 (``--seeds 0 1 2 --lrs 1e-4
+  1e-12 --texts 1 6 --set 'generation.temperature=0.8'``, two runs at a time on the 2 cores, 575-853 s each):
+  level of steps 7-12, trained reward .924 .919 .927, capped WER .172 .184 .161 (KL at step 12 0.001-0.018);
+  frozen .863 .862 .892, .348 .365 .266. The trained runs reach the floor on most of their last six steps.
+  That is ``tests/test_lab_learning.py``.
 """
 
 from __future__ import annotations

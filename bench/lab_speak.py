@@ -12,8 +12,8 @@ is what the onset alone costs. ``--nll`` prints, per utterance, the teacher-forc
 and its three largest tokens (with their positions in the target).
 
 Measured on this CPU (Whisper base beam 5; T 0.9, 300 tokens):
-- the committed model, free run, seeds 0-3: 0.440 0.422 0.834 0.679 (0.594; seed 0 is the test's 0.44); with
-  ``--window 10`` (the reward's): 0.499 0.435 0.828 0.714 (0.619).
+- the committed model of that time (the first recipe's final LM), free run, seeds 0-3: 0.440 0.422 0.834 0.679
+  (0.594; seed 0 was the test's 0.44); with ``--window 10`` (the reward's): 0.499 0.435 0.828 0.714 (0.619).
 - its ``--onset 3`` (``--window 10``): 0.335 0.343 0.335 0.335 (0.337): from a correct start the samples hardly
   differ between seeds. ``--nll``: mean 0.008-0.042 nats per token; every utterance's largest is its first or
   second code (0.75-7.2 nats), the rest stay below 0.3: what follows the onset is learnt by heart, the onset
@@ -39,6 +39,14 @@ Measured on this CPU (Whisper base beam 5; T 0.9, 300 tokens):
   says each sentence the same way every time. Spread comes at higher temperatures: T 1.3, 16 rows, 0.30 with
   one or two samples of 8 derailed on most rows; T 1.4, 32 rows, 0.42; T 1.6, 16 rows, 0.46. This bench at T
   1.3: 0.512 0.277 0.298 0.367 (0.364); at T 1.4: 0.560 0.358 0.330 0.424 (0.418).
+- so the spread has to come from a less memorised LM: the LM stages of that recipe on the committed codec
+  (``python -m lab build --codec lab-xcodec2 --out runs/lab-build-v4``), its second phase's snapshots, with
+  ``--rows 16 --group-size 8 --window 10 --beam 1 --per-row`` at T 0.9: step 600 (loss ~0.13) WER 0.580,
+  spread on 15 of 16 rows, mean sd 0.217, best of 8 0.230; step 900 (~0.065) 0.354, 9/16, 0.120, 0.280; step
+  1200 (~0.025) 0.287, 3/16, 0.019, 0.280. Step 600 at T 0.7: 0.441, 10/16, 0.138, 0.295. The test's
+  measurement (the defaults: 8 × 2, beam 5, 30 s), seeds 0-3: step 600 at T 0.9 0.392 0.310 0.527 0.462
+  (0.423), at T 0.7 0.376 0.334 0.350 0.437 (0.374); step 900 at T 0.9 0.232 0.234 0.203 0.395 (0.266).
+  Step 600 is the committed lab-llasa since (``lab.toml`` at T 0.8; the README).
 """
 
 from __future__ import annotations

@@ -175,10 +175,10 @@ def lab_system(whisper):
 def test_lab_llasa_speaks_its_training_sentences(lab_system) -> None:
     """Through the project's HF generator and reward hook, at lab.toml's sampling settings.
 
-    Measured on the committed model: mean WER 0.44, median 0.29 at this seed, every sample finished; over seeds
-    0-3 (bench/lab_speak.py) 0.44 0.42 0.83 0.68, mean 0.59, where the issue aimed at ≤ 0.4 (half the samples
-    are near-perfect, the others drift into a memorised neighbour sentence after a wrong onset; README). So the
-    bound is 0.5 at this seed: a model that did not speak (WER ≈ 1) fails it."""
+    Measured on the committed model (bench/lab_speak.py, the same sampler and seeds): mean WER 0.376 at this
+    seed, every sample finished; over seeds 0-3 0.376 0.334 0.350 0.437, mean 0.374, the issue's bound being
+    0.4 (at T 0.8 0.415, at T 0.9 0.423: it garbles a word or two in some samples, GRPO's room; README). The
+    model before it (mean 0.59 over those seeds) failed this bound."""
     from lab.report import summarize
     from llasa_grpo import recipe
 
@@ -189,7 +189,7 @@ def test_lab_llasa_speaks_its_training_sentences(lab_system) -> None:
     )
     stats = summarize(out)
     print("lab-llasa on 8 training sentences × 2 samples:", stats)
-    assert stats["wer_mean"] <= 0.5
+    assert stats["wer_mean"] <= 0.4
     assert stats["finish_rate"] >= 0.9
 
 
