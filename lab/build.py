@@ -268,12 +268,12 @@ def seed_codec(out: Path, codec: str, cfg: BuildConfig) -> Path:
 
     The corpus and codes are then made as usual (the codes by this codec's encoder); a build folder that has a
     codec already keeps it (a rerun of the same command continues the build)."""
-    from llasa_grpo.recipe import resolve_asset
+    from lab.assets import LAB_CODEC, asset_path
 
     codec_dir = out / "codec"
     if (codec_dir / "model.safetensors").is_file():
         return codec_dir
-    src = Path(resolve_asset(codec))
+    src = asset_path(LAB_CODEC) if codec == LAB_CODEC else Path(codec)
     if not (src / "model.safetensors").is_file() or not (src / "config.json").is_file():
         raise FileNotFoundError(f"[lab] --codec {codec}: {src} holds no codec (model.safetensors + config.json)")
     tmp = out / "codec.tmp"
