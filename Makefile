@@ -49,10 +49,11 @@ demo: install
 smoke: install
 	$(BIN)/python train.py --config tiny.toml --overwrite
 
-# Rebuild the speaking lab's models from espeak-ng speech (long: see the README), then copy them into the repo.
+# Rebuild the speaking lab's models from espeak-ng speech (long: see the README), then copy them into the repo:
+# the LM packed is the SFT's snapshot that the committed one is (the final model has no spread for GRPO).
 lab: install
 	$(BIN)/python -m lab build --out runs/lab-build
-	$(BIN)/python -m lab pack runs/lab-build
+	$(BIN)/python -m lab pack runs/lab-build snapshots/sft2/step-600
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
