@@ -46,7 +46,7 @@ Measured on this CPU (Whisper base beam 5; T 0.9, 300 tokens):
   1200 (~0.025) 0.287, 3/16, 0.019, 0.280. Step 600 at T 0.7: 0.441, 10/16, 0.138, 0.295. The test's
   measurement (the defaults: 8 × 2, beam 5, 30 s), seeds 0-3: step 600 at T 0.9 0.392 0.310 0.527 0.462
   (0.423), at T 0.7 0.376 0.334 0.350 0.437 (0.374); step 900 at T 0.9 0.232 0.234 0.203 0.395 (0.266).
-  Step 600 is the committed lab-llasa since (``lab.toml`` at T 0.8; the README).
+  Step 600 is the committed lab-llasa since (``lab.toml`` at T 0.7; the README).
 """
 
 from __future__ import annotations

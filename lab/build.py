@@ -330,8 +330,12 @@ def pack_build(
         raise FileNotFoundError(f"[lab] pack: {model} holds no model (config.json); see {build_dir / 'snapshots'}")
     summary = json.loads((build_dir / "summary.json").read_text())
     packed = pack(model, repo / "lab" / "assets" / "llasa")
-    provenance = {"build": build_dir.name, "model": llasa, "seed": summary["config"]["seed"]}
-    provenance["codec_reused"] = summary.get("codec_reused")
+    provenance = {
+        "build": build_dir.name,
+        "model": llasa,
+        "seed": summary["config"]["seed"],
+        "codec_reused": summary.get("codec_reused"),
+    }
     write_text(packed / "provenance.json", json.dumps(provenance) + "\n")
     pack(build_dir / "codec", repo / "lab" / "assets" / "codec")
     sft = summary["config"]["sft"]
